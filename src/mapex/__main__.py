@@ -1,0 +1,3 @@
+from mapex.cli import main
+
+raise SystemExit(main())

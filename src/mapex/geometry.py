@@ -1,0 +1,328 @@
+"""Receptive-field geometry of conv layers and the box -> feature-map foreground weights (SPEC).
+
+Two halves:
+
+* :func:`receptive_fields` traces the model with ``torch.fx`` and propagates the SPEC recurrence
+  ``j' = j*s``, ``r' = r + (k-1)*d*j``, ``c' = c + ((k-1)*d/2 - p)*j`` from the input
+  (``j = 1, r = 1, c = 0``) through convs and pools, giving every ``nn.Conv2d`` the geometry of
+  its *output*.
+* :func:`foreground_weights` / :func:`batch_foreground_weights` turn an image's boxes into a
+  weight per unit of a layer's feature map, for the ``map`` and ``map-ex`` methods.
+
+Pixel rule for boxes (SPEC says pixel ``p`` covers ``[p, p+1)`` and an integer box ``x0..x1``
+covers pixels ``x0 … x1-1``): a pixel is inside a box when its centre ``p + 0.5`` lies in
+``[x0, x1)``. This is exactly SPEC's rule for integer boxes and extends it to the non-integer
+boxes that resizing produces.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from mapex.io import UserError
+
+METHODS = ("map", "map-ex")
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Where a layer's units sit in the input: SPEC's ``j_l``, ``r_l`` and ``c_l``.
+
+    ``jump``: input pixels between adjacent units; ``size``: receptive-field side in pixels;
+    ``start``: pixel coordinate of unit 0's centre (a half-integer where an even kernel was crossed).
+    """
+
+    jump: float
+    size: int
+    start: float
+
+
+INPUT_GEOMETRY = LayerGeometry(jump=1.0, size=1, start=0.0)
+
+# Modules, functions and methods whose output is not a spatial map: SPEC's spatial part ends at
+# global pooling / flatten / the classifier; shape queries (getattr, size) give no tensor at all.
+_SPATIAL_END_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear)
+_SPATIAL_END_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten, F.linear, getattr}
+_SPATIAL_END_METHODS = {"view", "reshape", "flatten", "mean", "sum", "amax", "max", "squeeze", "size", "dim"}
+# Spatial operations whose geometry we do not model: refusing is better than a silent wrong answer.
+_UNSUPPORTED_MODULES = (
+    nn.ConvTranspose2d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.FractionalMaxPool2d, nn.LPPool2d, nn.Fold, nn.Unfold,
+)
+_UNSUPPORTED_FUNCTIONS = {
+    F.conv2d, F.conv_transpose2d, F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, F.unfold, F.fold,
+}
+
+
+def trace_model(model: nn.Module) -> fx.Graph:
+    """The model's ``torch.fx`` graph; a :class:`UserError` naming the model if it cannot be traced.
+
+    Geometry and activation taps are both read from this graph. Models with data-dependent
+    control flow cannot be traced; we raise rather than guess (no hook-based fallback).
+    """
+    try:
+        return fx.symbolic_trace(model).graph
+    except Exception as err:  # fx raises many types (TraceError, TypeError, ...)
+        raise UserError(
+            f"cannot trace {type(model).__name__} with torch.fx to find its receptive fields "
+            f"and activations ({type(err).__name__}: {err})"
+        ) from err
+
+
+def receptive_fields(model: nn.Module, input_size: tuple[int, int]) -> dict[str, LayerGeometry]:
+    """Geometry of every ``nn.Conv2d`` reached from the input, keyed by qualified module name.
+
+    Convs, ``MaxPool2d`` and ``AvgPool2d`` (modules or ``F.max_pool2d`` / ``F.avg_pool2d``) apply
+    the recurrence; elementwise ops, BN, activations, dropout, ... pass the geometry through.
+    Where paths merge (add, cat, mul, ...) the result has the largest receptive field of the
+    inputs and the jump and centre of the first tensor argument (the main path, SPEC).
+    Adaptive pooling, flatten, view and linear end the spatial part.
+
+    ``input_size`` is checked but does not enter the recurrence: SPEC's geometry depends on the
+    layers only, not on the image size (clipping to the image happens in the weights).
+    """
+    if len(input_size) != 2 or min(input_size) < 1:
+        raise UserError(f"input_size must be (height, width) in pixels, got {input_size}")
+    modules = dict(model.named_modules())
+    geometry_of: dict[fx.Node, LayerGeometry | None] = {}
+    conv_geometry: dict[str, LayerGeometry] = {}
+    for node in trace_model(model).nodes:
+        geometry = _node_geometry(node, modules, geometry_of)
+        geometry_of[node] = geometry
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
+            _record_conv(conv_geometry, node.target, geometry)
+    return conv_geometry
+
+
+def _record_conv(conv_geometry: dict[str, LayerGeometry], name: str, geometry: LayerGeometry | None) -> None:
+    if geometry is None:
+        raise UserError(f"conv '{name}' is not on a spatial path from the input; cannot place its units")
+    if conv_geometry.setdefault(name, geometry) != geometry:
+        raise UserError(f"conv '{name}' is called at two places with different receptive fields")
+
+
+def _node_geometry(
+    node: fx.Node, modules: dict[str, nn.Module], geometry_of: dict[fx.Node, LayerGeometry | None]
+) -> LayerGeometry | None:
+    """Geometry of one graph node's output, or ``None`` where it is not a spatial map."""
+    if node.op == "placeholder":
+        is_first_input = not any(n.op == "placeholder" for n in geometry_of)
+        return INPUT_GEOMETRY if is_first_input else None
+    inputs = [geometry_of[arg] for arg in _input_nodes(node)]
+    inputs = [g for g in inputs if g is not None]
+    if node.op in ("get_attr", "output") or not inputs:
+        return None
+    if node.op == "call_module":
+        return _module_geometry(modules[node.target], node.target, inputs)
+    if node.op == "call_function":
+        return _function_geometry(node, inputs)
+    if node.op == "call_method" and node.target in _SPATIAL_END_METHODS:
+        return None
+    return merge_geometries(inputs)
+
+
+def _input_nodes(node: fx.Node) -> list[fx.Node]:
+    """The node's tensor arguments in argument order (lists such as ``torch.cat``'s included)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def merge_geometries(inputs: Sequence[LayerGeometry]) -> LayerGeometry:
+    """Merge of paths (SPEC): largest receptive field; jump and centre of the first (main) path."""
+    main = inputs[0]
+    return LayerGeometry(jump=main.jump, size=max(g.size for g in inputs), start=main.start)
+
+
+def _module_geometry(module: nn.Module, name: str, inputs: list[LayerGeometry]) -> LayerGeometry | None:
+    if isinstance(module, _SPATIAL_END_MODULES):
+        return None
+    if isinstance(module, _UNSUPPORTED_MODULES):
+        raise UserError(f"module '{name}' ({type(module).__name__}) changes the spatial layout in a way "
+                        "the receptive-field recurrence does not cover")
+    if isinstance(module, nn.Conv2d):
+        padding = _conv_padding(module)
+        return apply_window(inputs[0], module.kernel_size, module.stride, padding, module.dilation, name)
+    if isinstance(module, nn.MaxPool2d):
+        return apply_window(inputs[0], module.kernel_size, module.stride, module.padding, module.dilation, name)
+    if isinstance(module, nn.AvgPool2d):
+        return apply_window(inputs[0], module.kernel_size, module.stride, module.padding, 1, name)
+    return merge_geometries(inputs)
+
+
+def _conv_padding(conv: nn.Conv2d) -> Any:
+    """Numeric padding of a conv; ``'same'`` pads ``d*(k-1)//2`` before (PyTorch puts the odd pixel after)."""
+    if conv.padding == "valid":
+        return 0
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
+    return conv.padding
+
+
+def _function_geometry(node: fx.Node, inputs: list[LayerGeometry]) -> LayerGeometry | None:
+    target = node.target
+    if target in _SPATIAL_END_FUNCTIONS:
+        return None
+    if target in _UNSUPPORTED_FUNCTIONS:
+        raise UserError(f"'{node.name}' ({getattr(target, '__name__', target)}) changes the spatial layout "
+                        "in a way the receptive-field recurrence does not cover; use nn modules instead")
+    if target is F.max_pool2d or target is F.avg_pool2d:
+        return _functional_pool_geometry(node, inputs[0])
+    if target is operator.getitem:  # one output of a tuple, or a channel slice
+        return inputs[0]
+    return merge_geometries(inputs)
+
+
+def _functional_pool_geometry(node: fx.Node, geometry: LayerGeometry) -> LayerGeometry:
+    """``F.max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ...)`` and ``F.avg_pool2d``."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation")
+    options = {**dict(zip(names, node.args)), **node.kwargs}
+    kernel = options["kernel_size"]
+    stride = options.get("stride") or kernel  # None or () mean "same as the kernel"
+    dilation = options.get("dilation", 1) if node.target is F.max_pool2d else 1
+    return apply_window(geometry, kernel, stride, options.get("padding", 0), dilation, node.name)
+
+
+def apply_window(
+    geometry: LayerGeometry, kernel: Any, stride: Any, padding: Any, dilation: Any, name: str = "layer"
+) -> LayerGeometry:
+    """SPEC's recurrence through one conv or pool window (square ints or pairs of equal ints)."""
+    k, s, p, d = (_square(value, what, name) for value, what in
+                  ((kernel, "kernel"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    j = geometry.jump
+    return LayerGeometry(
+        jump=j * s,
+        size=int(round(geometry.size + (k - 1) * d * j)),
+        start=geometry.start + ((k - 1) * d / 2 - p) * j,
+    )
+
+
+def _square(value: Any, what: str, name: str) -> int:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(set(values)) != 1 or not isinstance(values[0], int):
+        raise UserError(f"'{name}' has {what} {value}: only square windows (equal integers) are supported")
+    return values[0]
+
+
+# --------------------------------------------------------------------------- foreground weights
+
+
+class BoxBatch:
+    """The boxes of a batch of images, prepared once and shared by every layer.
+
+    ``boxes``: ``[B, K, 4]``, each image's boxes padded with empty boxes to the batch's largest
+    count; ``integral``: ``[B, H+1, W+1]`` integral image (2-D cumulative sum, zero first row and
+    column) of the mask of pixels inside the union of the image's boxes (pixel-centre rule).
+    """
+
+    def __init__(self, boxes: Sequence[Tensor], image_hw: tuple[int, int], device: torch.device | str = "cpu"):
+        self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+        self.boxes = _pad_boxes(boxes, torch.device(device))
+        self.integral = _integral_image(_union_mask(self.boxes, self.image_hw))
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+
+def _pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> Tensor:
+    most = max((len(b) for b in boxes), default=0)
+    padded = torch.zeros(len(boxes), most, 4, dtype=torch.float64, device=device)
+    for i, image_boxes in enumerate(boxes):
+        image_boxes = torch.as_tensor(image_boxes, dtype=torch.float64).reshape(-1, 4)
+        padded[i, : len(image_boxes)] = image_boxes.to(device)
+    return padded
+
+
+def _inside(points: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``[B, K, n]``: ``low <= point < high`` for every image, box and point (half-open boxes)."""
+    return (low[..., None] <= points) & (points < high[..., None])
+
+
+def _union_mask(boxes: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    """``[B, H, W]`` bool: pixel centre ``p + 0.5`` inside at least one of the image's boxes."""
+    height, width = image_hw
+    row_centres = torch.arange(height, dtype=boxes.dtype, device=boxes.device) + 0.5
+    col_centres = torch.arange(width, dtype=boxes.dtype, device=boxes.device) + 0.5
+    rows = _inside(row_centres, boxes[..., 1], boxes[..., 3])
+    cols = _inside(col_centres, boxes[..., 0], boxes[..., 2])
+    return (rows[..., :, None] & cols[..., None, :]).any(dim=1)
+
+
+def _integral_image(mask: Tensor) -> Tensor:
+    counts = mask.to(torch.int64).cumsum(dim=1).cumsum(dim=2)
+    return F.pad(counts, (1, 0, 1, 0))
+
+
+def unit_centres(geometry: LayerGeometry, count: int, device: torch.device | str = "cpu") -> Tensor:
+    """Pixel coordinate of the centres of units ``0 … count-1`` along one axis (float64)."""
+    return geometry.start + geometry.jump * torch.arange(count, dtype=torch.float64, device=device)
+
+
+def _clipped_field(geometry: LayerGeometry, count: int, extent: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per unit along one axis, first and one-past-last pixel of its receptive field, clipped to the image.
+
+    ``L = centre - (r-1)/2`` is an integer by construction; ``round`` only removes float noise.
+    """
+    first = torch.round(unit_centres(geometry, count, device) - (geometry.size - 1) / 2).to(torch.int64)
+    return first.clamp(0, extent), (first + geometry.size).clamp(0, extent)
+
+
+def batch_foreground_weights(
+    geometry: LayerGeometry, feature_hw: tuple[int, int], boxes: BoxBatch, method: str
+) -> Tensor:
+    """``[B, h, w]`` float32 foreground weight of every unit of a layer, for every image of a batch.
+
+    ``map``: 1 where the unit centre, taken at ``centre + 0.5``, lies inside a box, else 0.
+    ``map-ex``: covered pixels / pixels of the unit's clipped receptive field, read from the
+    batch's integral image (four look-ups per unit). A unit whose clipped field is empty (only
+    possible with padding wider than the field) gets weight 0.
+    """
+    if method == "map":
+        return _centre_weights(geometry, feature_hw, boxes.boxes)
+    if method == "map-ex":
+        return _field_weights(geometry, feature_hw, boxes)
+    raise UserError(f"unknown foreground method '{method}'; expected one of {', '.join(METHODS)}")
+
+
+def _centre_weights(geometry: LayerGeometry, feature_hw: tuple[int, int], boxes: Tensor) -> Tensor:
+    height, width = feature_hw
+    y = unit_centres(geometry, height, boxes.device) + 0.5
+    x = unit_centres(geometry, width, boxes.device) + 0.5
+    rows = _inside(y, boxes[..., 1], boxes[..., 3])
+    cols = _inside(x, boxes[..., 0], boxes[..., 2])
+    return (rows[..., :, None] & cols[..., None, :]).any(dim=1).to(torch.float32)
+
+
+def _field_weights(geometry: LayerGeometry, feature_hw: tuple[int, int], boxes: BoxBatch) -> Tensor:
+    integral = boxes.integral
+    device = integral.device
+    top, bottom = _clipped_field(geometry, feature_hw[0], boxes.image_hw[0], device)
+    left, right = _clipped_field(geometry, feature_hw[1], boxes.image_hw[1], device)
+
+    def corner(rows: Tensor, cols: Tensor) -> Tensor:
+        return integral.index_select(1, rows).index_select(2, cols)
+
+    covered = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+    area = (bottom - top)[:, None] * (right - left)[None, :]
+    return (covered.to(torch.float64) / area.clamp(min=1)).to(torch.float32)
+
+
+def foreground_weights(
+    geom: LayerGeometry,
+    feature_hw: tuple[int, int],
+    boxes: Tensor,
+    image_hw: tuple[int, int],
+    method: str,
+) -> Tensor:
+    """``[h, w]`` foreground weight in ``[0, 1]`` of every unit of a layer, for one image's boxes.
+
+    ``boxes``: ``[k, 4]`` ``x0, y0, x1, y1`` in input pixels, half-open; ``k = 0`` gives zeros.
+    See :func:`batch_foreground_weights` for the two methods.
+    """
+    device = boxes.device if isinstance(boxes, Tensor) else "cpu"
+    return batch_foreground_weights(geom, feature_hw, BoxBatch([boxes], image_hw, device), method)[0]

@@ -1,0 +1,262 @@
+"""Physical filter pruning through Torch-Pruning's dependency graph.
+
+Filters are removed from the modules (the model shrinks; nothing is masked). Channels that are
+coupled (residual adds, depthwise convs, concats) form one Torch-Pruning *group* and are removed
+together; a group is ranked by its :class:`~mapex.criteria.Criterion` score (the mean of its conv
+members' scores) and its lowest-scored channels are removed.
+
+How many filters a group keeps, for a ratio ``r`` of filters removed:
+
+- local ranking (default): ``round((1 - r) * C)`` of its ``C`` channels;
+- global ranking: the channels among the top ``round((1 - r) * N)`` group scores of all ``N``
+  prunable channels (each group counted once), so scores must be comparable across layers;
+
+in both cases at least one, and with ``round_to`` the nearest multiple of it (at least ``round_to``;
+groups of at most ``round_to`` channels are not rounded). We fix these counts ourselves and hand
+Torch-Pruning, per conv, the ratio that makes it keep exactly that many of the top-scored
+channels: its own count, ``int(C * (1 - r))``, can fall one short through floating point
+(``int(100 * 0.71) == 70``), and its global mode silently skips a group whose every channel falls
+below the threshold, instead of keeping its best one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from mapex import io
+from mapex.criteria import Criterion, is_conv_out_pruning
+
+
+@dataclasses.dataclass
+class PruneReport:
+    """What one call of :func:`prune_model` removed. ``kept`` holds original filter indices."""
+
+    criterion: str
+    ratio: float
+    global_pruning: bool
+    exempt: list[str]
+    kept: dict[str, list[int]]
+    filters_before: dict[str, int]
+    filters_after: dict[str, int]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+
+    @property
+    def params_removed(self) -> float:
+        """Fraction of the parameters removed."""
+        return 1.0 - self.params_after / self.params_before
+
+    @property
+    def macs_removed(self) -> float:
+        """Fraction of the multiply-accumulates (per image) removed."""
+        return 1.0 - self.macs_after / self.macs_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "params_removed": self.params_removed,
+            "macs_removed": self.macs_removed,
+        }
+
+
+def prune_model(
+    model: nn.Module,
+    importance: Criterion,
+    ratio: float,
+    example_input: Tensor,
+    global_pruning: bool = False,
+    exempt: Sequence[str] | None = None,
+    round_to: int | None = None,
+) -> PruneReport:
+    """Remove the fraction ``ratio`` of the output filters of every prunable conv, in place.
+
+    ``importance`` must hold scores for every conv of ``model`` (from ``compute`` or given
+    precomputed). ``exempt`` names modules left whole (default: the first conv and the
+    classifier, see :func:`default_exempt`); a group that contains an exempt module is not pruned.
+    ``round_to`` rounds the kept channel counts to multiples of it (e.g. 8 for fast kernels).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise io.UserError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if round_to is not None and round_to < 1:
+        raise io.UserError(f"round_to must be a positive integer, got {round_to}")
+    names = {module: name for name, module in model.named_modules()}
+    exempt = list(default_exempt(model, example_input) if exempt is None else exempt)
+    ignored = [module for name in exempt for module in _module_named(model, name).modules()]
+    importance.bind(model)
+    filters_before = _filter_counts(model)
+    macs_before, params_before = _count(model, example_input)
+
+    pruned: dict[str, list[int]] = {}
+    with _evaluating(model), torch.enable_grad():  # Torch-Pruning traces through autograd
+        if global_pruning:
+            kept = _globally_kept(model, importance, ratio, example_input, ignored, round_to)
+        else:
+            kept = {conv: kept_count(conv.out_channels, ratio, round_to) for _, conv in _convs(model)}
+        pruner = _make_pruner(model, importance, kept, example_input, ignored)
+        for group in pruner.step(interactive=True):
+            pruned.update(_pruned_conv_filters(group, names))
+            group.prune()
+
+    macs_after, params_after = _count(model, example_input)
+    return PruneReport(
+        criterion=importance.name,
+        ratio=ratio,
+        global_pruning=global_pruning,
+        exempt=exempt,
+        kept={
+            name: sorted(set(range(count)) - set(pruned.get(name, [])))
+            for name, count in filters_before.items()
+        },
+        filters_before=filters_before,
+        filters_after=_filter_counts(model),
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
+    )
+
+
+def kept_count(channels: int, ratio: float, round_to: int | None = None) -> int:
+    """Filters a layer of ``channels`` keeps when the fraction ``ratio`` is removed (local ranking)."""
+    return _rounded(round((1.0 - ratio) * channels), channels, round_to)
+
+
+def _rounded(kept: int, channels: int, round_to: int | None) -> int:
+    """``kept`` made at least 1 and, if ``round_to``, the nearest multiple of it (at least ``round_to``)."""
+    kept = max(1, kept)
+    if round_to is None or channels <= round_to:
+        return kept
+    return min(channels, max(round_to, round_to * round(kept / round_to)))
+
+
+def default_exempt(model: nn.Module, example_input: Tensor) -> list[str]:
+    """Names of the first conv that runs and the last ``nn.Linear`` that runs (the classifier)."""
+    order: list[str] = []
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad(), _evaluating(model):
+            model(example_input[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    modules = dict(model.named_modules())
+    convs = [name for name in order if isinstance(modules[name], nn.Conv2d)]
+    linears = [name for name in order if isinstance(modules[name], nn.Linear)]
+    return convs[:1] + linears[-1:]
+
+
+def save_pruned(model: nn.Module, path: Any, meta: dict[str, Any]) -> None:
+    """Save a pruned model as a whole-module pickle (its shrunken shapes need no rebuilding)."""
+    io.save_torch(path, {"model": model, "meta": meta})
+
+
+def load_pruned(path: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Load what :func:`save_pruned` wrote: ``(model, meta)``."""
+    saved = io.load_torch(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), nn.Module):
+        raise io.UserError(f"{path}: not a pruned model saved by mapex")
+    return saved["model"], saved.get("meta", {})
+
+
+def _globally_kept(
+    model: nn.Module,
+    importance: Criterion,
+    ratio: float,
+    example_input: Tensor,
+    ignored: list[nn.Module],
+    round_to: int | None,
+) -> dict[nn.Conv2d, int]:
+    """Per conv, how many filters its group keeps when all groups' channels are ranked together."""
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
+    groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]))
+    scores = [importance(group) for group in groups]
+    owners = torch.cat([torch.full((len(group_scores),), i) for i, group_scores in enumerate(scores)])
+    best = torch.cat(scores).argsort(descending=True)[: round((1.0 - ratio) * len(owners))]
+    counts = torch.bincount(owners[best], minlength=len(groups)).tolist()
+    return {
+        item.dep.target.module: _rounded(count, len(group_scores), round_to)
+        for group, group_scores, count in zip(groups, scores, counts)
+        for item in group
+        if is_conv_out_pruning(item.dep)
+    }
+
+
+def _make_pruner(
+    model: nn.Module,
+    importance: Criterion,
+    kept: dict[nn.Conv2d, int],
+    example_input: Tensor,
+    ignored: list[nn.Module],
+) -> tp.pruner.BasePruner:
+    """A one-step Torch-Pruning pruner that leaves each conv's group ``kept[conv]`` channels.
+
+    Only convs are pruning roots (Linears lose inputs, never outputs); ranking is per group.
+    """
+    return tp.pruner.BasePruner(
+        model=model,
+        example_inputs=example_input[:1],
+        importance=importance,
+        ignored_layers=ignored,
+        root_module_types=[nn.Conv2d],
+        pruning_ratio=0.0,
+        pruning_ratio_dict={conv: _ratio_keeping(count, conv.out_channels) for conv, count in kept.items()},
+    )
+
+
+def _ratio_keeping(kept: int, channels: int) -> float:
+    """The ratio for which Torch-Pruning, which keeps ``int(channels * (1 - ratio))``, keeps ``kept``."""
+    return max(0.0, (channels - kept - 0.5) / channels)
+
+
+def _pruned_conv_filters(group: tp.Group, names: dict[nn.Module, str]) -> dict[str, list[int]]:
+    """The filters this group removes from each conv in it (the group is applied only once)."""
+    return {
+        names[item.dep.target.module]: [int(i) for i in item.idxs]
+        for item in group
+        if is_conv_out_pruning(item.dep)
+    }
+
+
+def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def _filter_counts(model: nn.Module) -> dict[str, int]:
+    return {name: conv.out_channels for name, conv in _convs(model)}
+
+
+def _count(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
+    """(MACs per image, parameters). Torch-Pruning counts a conv's multiply-adds plus bias, BN,
+    activation and pooling element operations; it runs a deep copy in eval mode."""
+    macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
+    return int(macs), int(params)
+
+
+def _module_named(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as err:
+        raise io.UserError(f"exempt module '{name}' is not in the model") from err
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside (tracing must not update BN statistics); the caller's mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

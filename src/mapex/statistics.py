@@ -1,0 +1,306 @@
+"""Streaming per-filter foreground/background response scores (SPEC: response intensity, filter score).
+
+The feature map ``A_l`` of a conv is "the activation the next layer consumes". We read it from the
+model's ``torch.fx`` graph (:func:`activation_taps`): starting at the conv's output, if its only
+user is a BatchNorm we move to the BN's output; then, if that output's only user is an activation
+(ReLU, ReLU6, SiLU, Hardswish, GELU, LeakyReLU; module or functional) we apply that activation.
+Anything else stops the walk: e.g. in a ResNet block, ``bn2``'s output goes to the residual add,
+so the consumed activation of ``conv2`` is the BN output itself (no ReLU).
+
+The activation is applied *functionally* in a forward hook on the conv or BN module, never by
+hooking the activation module, because torchvision's ResNet calls one in-place ``relu`` module
+several times per block.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence, Sized
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from tqdm.auto import tqdm
+
+from mapex.geometry import METHODS, BoxBatch, LayerGeometry, batch_foreground_weights, receptive_fields, trace_model
+from mapex.io import UserError
+
+SCORES = ("diff", "ratio", "fg")
+RATIO_EPSILON = 1e-6
+
+Activation = Callable[[Tensor], Tensor]
+TapCallback = Callable[[str, Tensor], None]
+
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
+_ACTIVATION_FUNCTIONS = {F.relu, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu, torch.relu}
+_ACTIVATION_METHODS = {"relu": F.relu, "relu_": F.relu}
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where to read a conv's consumed activation: the output of ``module``, then ``activation``."""
+
+    module: str
+    activation: Activation | None = None
+
+    def read(self, output: Tensor) -> Tensor:
+        return output if self.activation is None else self.activation(output)
+
+
+# --------------------------------------------------------------------------- activation taps
+
+
+def activation_taps(model: nn.Module) -> dict[str, Tap]:
+    """For every ``nn.Conv2d`` (by qualified name), the :class:`Tap` of the activation the next layer consumes."""
+    modules = dict(model.named_modules())
+    taps: dict[str, Tap] = {}
+    for node in trace_model(model).nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
+            taps.setdefault(node.target, _tap_from(node, modules))
+    return taps
+
+
+def _tap_from(conv_node: fx.Node, modules: dict[str, nn.Module]) -> Tap:
+    node = conv_node
+    follower = _only_user(node)
+    if follower is not None and follower.op == "call_module" and isinstance(
+        modules[follower.target], nn.modules.batchnorm._BatchNorm
+    ):
+        node = follower
+        follower = _only_user(node)
+    activation = None if follower is None else _activation_of(follower, modules)
+    return Tap(module=node.target, activation=activation)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> Activation | None:
+    """An out-of-place callable equal to the activation ``node`` applies, or ``None`` if it is none."""
+    if node.op == "call_module" and isinstance(modules[node.target], _ACTIVATION_MODULES):
+        return _out_of_place_copy(modules[node.target])
+    if node.op == "call_method":
+        return _ACTIVATION_METHODS.get(node.target)
+    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
+        return _bind_options(node.target, node.args[1:], node.kwargs)
+    return None
+
+
+def _out_of_place_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy with ``inplace=False``: the hook must not overwrite the tensor the model uses next."""
+    activation = copy.copy(module)
+    if hasattr(activation, "inplace"):
+        activation.inplace = False
+    return activation
+
+
+def _bind_options(function: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> Activation:
+    """``function`` with the call's options (e.g. ``negative_slope``) bound and ``inplace`` dropped."""
+    try:
+        parameters = list(inspect.signature(function).parameters)
+        options = {**dict(zip(parameters[1:], args)), **kwargs}
+    except ValueError:  # builtins (torch.relu, F.gelu) have no signature; their options are keywords
+        options = dict(kwargs)
+    options.pop("inplace", None)
+    return functools.partial(function, **options)
+
+
+@contextlib.contextmanager
+def tap_activations(
+    model: nn.Module, callback: TapCallback, taps: dict[str, Tap] | None = None
+) -> Iterator[dict[str, Tap]]:
+    """Within the block, every forward pass calls ``callback(conv_name, activation)`` per conv.
+
+    ``taps`` defaults to :func:`activation_taps`. The activation tensor may be overwritten in place
+    by the model right after the callback returns (ResNet's ``out += identity``), so the callback
+    must use it at once and not keep it. Hooks are removed on exit.
+    """
+    taps = activation_taps(model) if taps is None else taps
+    modules = dict(model.named_modules())
+    handles = [modules[tap.module].register_forward_hook(_hook(name, tap, callback)) for name, tap in taps.items()]
+    try:
+        yield taps
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _hook(conv_name: str, tap: Tap, callback: TapCallback) -> Callable:
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        callback(conv_name, tap.read(output))
+
+    return hook
+
+
+# --------------------------------------------------------------------------- response accumulation
+
+
+@dataclass(frozen=True)
+class _UnitWeights:
+    """One layer's weights for one batch, normalised so that a product with ``A`` gives means.
+
+    ``normalised [B, 2, h*w]``: row 0 is ``w / Σ w``, row 1 is ``(1-w) / Σ (1-w)`` (all zeros for
+    an image whose sum is 0); ``image_count [2]``: how many images have an ``F_i`` / a ``B_i``.
+    """
+
+    normalised: Tensor
+    image_count: Tensor
+
+    @classmethod
+    def from_foreground(cls, foreground: Tensor, dtype: torch.dtype) -> _UnitWeights:
+        """``foreground [B, h*w]`` in ``[0, 1]``; ``dtype`` is the precision of the sums."""
+        weights = torch.stack([foreground, 1 - foreground], dim=1).to(dtype)
+        totals = weights.sum(dim=2, keepdim=True)
+        normalised = weights / totals.clamp(min=torch.finfo(dtype).tiny)
+        return cls(normalised.to(foreground.dtype), (totals[:, :, 0] > 0).sum(dim=0).to(dtype))
+
+
+class _FilterSums:
+    """Running sums for one conv; row 0 is the foreground, row 1 the background.
+
+    ``response_sum [2, C]``: Σ over images of ``F_i`` / ``B_i`` per filter;
+    ``image_count [2]``: how many images have an ``F_i`` / a ``B_i``.
+    """
+
+    def __init__(self, channels: int, device: torch.device, dtype: torch.dtype):
+        self.response_sum = torch.zeros(2, channels, device=device, dtype=dtype)
+        self.image_count = torch.zeros(2, device=device, dtype=dtype)
+
+    def add(self, activation: Tensor, weights: _UnitWeights) -> None:
+        """Add the ``F_i = Σ w·A / Σ w`` and ``B_i = Σ (1-w)·A / Σ (1-w)`` of a batch's images (SPEC).
+
+        One ``bmm`` of ``[B, 2, h*w]`` with ``[B, h*w, C]`` gives every image's and filter's mean; an
+        image without ``F_i`` (or ``B_i``) has a zero row there, so it adds 0 and is not counted.
+        """
+        batch, channels = activation.shape[:2]
+        units = activation.reshape(batch, channels, -1).to(weights.normalised.dtype).transpose(1, 2)
+        image_means = torch.bmm(weights.normalised, units)  # [B, 2, C]
+        self.response_sum += image_means.sum(dim=0, dtype=self.response_sum.dtype)
+        self.image_count += weights.image_count
+
+    def means(self) -> tuple[Tensor, Tensor]:
+        """``F̄`` and ``B̄`` per filter; 0 where no image has one (SPEC)."""
+        means = self.response_sum / self.image_count.clamp(min=1)[:, None]
+        return means[0], means[1]
+
+
+class ResponseAccumulator:
+    """Streams feature maps into per-filter ``F̄`` / ``B̄`` sums; memory does not grow with the images.
+
+    Per batch: call :meth:`start_batch` with the batch's boxes, run the model with :meth:`add` as
+    the :func:`tap_activations` callback, and read :meth:`scores` at the end. The weight maps are
+    computed once per (geometry, feature size) and batch, and shared by the convs that have them.
+    Sums over units are in float32 (one ``bmm``); per-image totals and the running sums over
+    images in float64 (float32 on MPS, which has no float64).
+    """
+
+    def __init__(self, geometries: dict[str, LayerGeometry], method: str = "map-ex", device: torch.device | str = "cpu"):
+        self.geometries = geometries
+        self.method = method
+        self.device = torch.device(device)
+        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._sums: dict[str, _FilterSums] = {}
+        self._boxes: BoxBatch | None = None
+        self._weights: dict[tuple[LayerGeometry, int, int], _UnitWeights] = {}
+
+    def start_batch(self, boxes: Sequence[Tensor], image_hw: tuple[int, int]) -> None:
+        """Set the boxes (one ``[k, 4]`` tensor per image, input pixels, half-open) of the next batch."""
+        self._boxes = BoxBatch(boxes, image_hw, self.device)
+        self._weights = {}
+
+    def add(self, conv_name: str, activation: Tensor) -> None:
+        """Add one conv's feature maps ``[B, C, h, w]`` for the current batch."""
+        weights = self._unit_weights(conv_name, tuple(activation.shape[2:]))
+        if conv_name not in self._sums:
+            self._sums[conv_name] = _FilterSums(activation.shape[1], self.device, self.dtype)
+        self._sums[conv_name].add(activation, weights)
+
+    def _unit_weights(self, conv_name: str, feature_hw: tuple[int, int]) -> _UnitWeights:
+        if self._boxes is None:
+            raise RuntimeError("ResponseAccumulator.add called before start_batch")
+        key = (self.geometries[conv_name], *feature_hw)
+        if key not in self._weights:
+            foreground = batch_foreground_weights(key[0], feature_hw, self._boxes, self.method)
+            self._weights[key] = _UnitWeights.from_foreground(foreground.flatten(1), self.dtype)
+        return self._weights[key]
+
+    def scores(self, score: str = "diff") -> dict[str, Tensor]:
+        """Per conv name, the score of every output filter as a 1-D float32 CPU tensor."""
+        return {name: _combine(sums, score).float().cpu() for name, sums in self._sums.items()}
+
+
+def _combine(sums: _FilterSums, score: str) -> Tensor:
+    foreground, background = sums.means()
+    if score == "diff":
+        return foreground - background
+    if score == "ratio":
+        return foreground / (background + RATIO_EPSILON)
+    if score == "fg":
+        return foreground
+    raise UserError(f"unknown score '{score}'; expected one of {', '.join(SCORES)}")
+
+
+# --------------------------------------------------------------------------- filter scores
+
+
+def filter_scores(
+    model: nn.Module,
+    batches: Iterable[Sequence[Any]],
+    method: str = "map-ex",
+    score: str = "diff",
+    input_size: tuple[int, int] | None = None,
+    amp: bool = False,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Map-EX filter scores: per conv name, one float32 CPU score per output filter (SPEC).
+
+    ``batches`` yields ``(images, boxes)`` or ``(images, labels, boxes)``; ``boxes`` is a list with
+    one ``[k, 4]`` tensor per image (``x0, y0, x1, y1`` in input pixels, half-open). One pass in
+    eval mode and inference mode on the model's device; the model's train/eval mode is restored
+    afterwards. Each batch's own ``H, W`` bounds the receptive-field clipping; ``input_size``
+    (default: the first batch's) is passed to :func:`receptive_fields`. ``amp`` runs the forward
+    under CUDA autocast and is ignored on other devices.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown foreground method '{method}'; expected one of {', '.join(METHODS)}")
+    if score not in SCORES:
+        raise UserError(f"unknown score '{score}'; expected one of {', '.join(SCORES)}")
+    batch_iterator = iter(batches)
+    first = next(batch_iterator, None)
+    if first is None:
+        raise UserError("filter_scores got no batches: the task sample is empty")
+    device = _model_device(model)
+    geometries = receptive_fields(model, input_size or tuple(first[0].shape[-2:]))
+    accumulator = ResponseAccumulator(geometries, method, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tap_activations(model, accumulator.add), _autocast(device, amp):
+            for batch in tqdm(itertools.chain([first], batch_iterator), total=_length(batches),
+                              desc=f"{method} scores", unit="batch", disable=None if progress else True):
+                images = batch[0].to(device)
+                accumulator.start_batch(batch[-1], tuple(images.shape[-2:]))
+                model(images)
+    finally:
+        model.train(was_training)
+    return accumulator.scores(score)
+
+
+def _length(batches: Iterable) -> int | None:
+    return len(batches) if isinstance(batches, Sized) else None
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda")
+    return contextlib.nullcontext()

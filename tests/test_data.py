@@ -1,0 +1,485 @@
+"""The data core: fetch, the Tiny-ImageNet reader, splits, box-aware transforms, dataset and loader."""
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import sys
+import tarfile
+import threading
+import types
+import zipfile
+from hashlib import sha256
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.io import write_jpeg
+from torchvision.transforms import v2
+
+from conftest import ARCHIVE, ARCHIVE_SHA256
+from mapex.data import (
+    BoxDataset,
+    BoxIndex,
+    BoxSample,
+    balanced_subset,
+    collate_boxes,
+    eval_transform,
+    fetch,
+    make_loader,
+    read_dataset,
+    read_tiny_imagenet,
+    select_classes,
+    stratified_split,
+    train_transform,
+)
+from mapex.data.fetch import MARKER
+from mapex.data.transforms import IMAGENET_MEAN, IMAGENET_STD, KeepVisibleBoxes
+from mapex.io import UserError
+
+# ---------------------------------------------------------------- fetch
+
+
+def digest(path: Path) -> str:
+    return sha256(path.read_bytes()).hexdigest()
+
+
+def make_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def make_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in files.items():
+            zipped.writestr(name, data)
+    return path
+
+
+def truncated_copy(path: Path, out: Path) -> Path:
+    out.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return out
+
+
+# Incompressible payloads, so half an archive really cuts a member short.
+PAYLOAD = {"top/a.txt": b"alpha", "top/sub/b.bin": torch.randint(0, 256, (50_000,), dtype=torch.uint8).numpy().tobytes()}
+
+
+def only_sources_left(folder: Path, sources: set[str]) -> bool:
+    """Nothing but the archives the test made: no dest, no temporary file or folder."""
+    return {entry.name for entry in folder.iterdir()} == sources
+
+
+def test_fetch_tar_with_single_top_folder_becomes_dest(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "d.tar.gz", PAYLOAD)
+    dest = fetch(str(archive), digest(archive), tmp_path / "out" / "ds")
+    assert dest == tmp_path / "out" / "ds"
+    assert (dest / "a.txt").read_bytes() == b"alpha"
+    assert (dest / "sub" / "b.bin").read_bytes() == PAYLOAD["top/sub/b.bin"]
+    assert (dest / MARKER).read_text().strip() == digest(archive)
+    assert only_sources_left(tmp_path / "out", {"ds"})
+
+
+def test_fetch_zip_without_top_folder_keeps_all_entries(tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "d.zip", {"a.txt": b"1", "b/c.txt": b"2"})
+    dest = fetch(archive.as_uri(), digest(archive).upper(), tmp_path / "ds")
+    assert (dest / "a.txt").read_text() == "1" and (dest / "b" / "c.txt").read_text() == "2"
+
+
+def test_fetch_is_idempotent_and_refetches_a_new_archive(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "d.tgz", {"top/a.txt": b"old"})
+    checksum = digest(archive)
+    dest = fetch(str(archive), checksum, tmp_path / "ds")
+    archive.unlink()  # a second call with the same checksum must not need the source at all
+    assert fetch(str(archive), checksum, dest) == dest and (dest / "a.txt").read_text() == "old"
+    newer = make_tar(tmp_path / "new.tgz", {"top/a.txt": b"new"})
+    fetch(str(newer), digest(newer), dest)
+    assert (dest / "a.txt").read_text() == "new"
+    assert only_sources_left(tmp_path, {"ds", "new.tgz"})
+
+
+def test_fetch_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "d.tar.gz", PAYLOAD)
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(UserError, match="was not made by fetch"):
+        fetch(str(archive), digest(archive), tmp_path / "ds")
+
+
+def test_fetch_missing_source_names_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nope.tar.gz: archive not found"):
+        fetch(str(tmp_path / "nope.tar.gz"), "0" * 64, tmp_path / "ds")
+    assert only_sources_left(tmp_path, set())
+
+
+def test_fetch_checksum_mismatch_shows_both_and_leaves_nothing(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "d.tar.gz", PAYLOAD)
+    with pytest.raises(UserError) as err:
+        fetch(str(archive), "ab" * 32, tmp_path / "ds")
+    message = str(err.value)
+    assert "d.tar.gz" in message and "ab" * 32 in message and digest(archive) in message
+    assert only_sources_left(tmp_path, {"d.tar.gz"})
+
+
+@pytest.mark.parametrize("make, name", [(make_tar, "d.tar.gz"), (make_zip, "d.zip")])
+def test_fetch_truncated_archive_is_a_one_line_error(tmp_path: Path, make, name: str) -> None:
+    whole = make(tmp_path / f"whole-{name}", PAYLOAD)
+    cut = truncated_copy(whole, tmp_path / name)
+    with pytest.raises(UserError, match=f"{name}: corrupt or truncated archive") as err:
+        fetch(str(cut), digest(cut), tmp_path / "ds")
+    assert "\n" not in str(err.value)
+    assert only_sources_left(tmp_path, {f"whole-{name}", name})
+
+
+def test_fetch_refuses_unsafe_tar_members(tmp_path: Path) -> None:
+    (tmp_path / "inner").mkdir()
+    archive = make_tar(tmp_path / "inner" / "evil.tar", {"top/ok.txt": b"x", "../escaped.txt": b"boom"})
+    with pytest.raises(UserError, match="unsafe archive member"):
+        fetch(str(archive), digest(archive), tmp_path / "inner" / "ds")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert only_sources_left(tmp_path / "inner", {"evil.tar"})
+
+
+def test_fetch_rejects_unknown_archive_type(tmp_path: Path) -> None:
+    (tmp_path / "d.rar").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"d.rar: unknown archive type .*\.tar\.gz"):
+        fetch(str(tmp_path / "d.rar"), "0" * 64, tmp_path / "ds")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path):
+    """Serve ``tmp_path/served`` over HTTP on localhost; yields (folder, base URL)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_downloads_over_http(http_root, tmp_path: Path) -> None:
+    served, base = http_root
+    archive = make_tar(served / "d.tar.gz", PAYLOAD)
+    dest = fetch(f"{base}/d.tar.gz", digest(archive), tmp_path / "out" / "ds")
+    assert (dest / "a.txt").read_bytes() == b"alpha"
+    assert only_sources_left(tmp_path / "out", {"ds"})
+    with pytest.raises(UserError, match="missing.tar.gz: download failed"):
+        fetch(f"{base}/missing.tar.gz", digest(archive), tmp_path / "out" / "other")
+    assert only_sources_left(tmp_path / "out", {"ds"})
+
+
+def test_embedded_archive_fetches_from_a_file_url(tmp_path: Path, tiny_imagenet: Path) -> None:
+    dest = fetch(ARCHIVE.as_uri(), ARCHIVE_SHA256, tmp_path / "ti")
+    assert sorted(p.name for p in dest.iterdir()) == [MARKER, "train", "val", "wnids.txt", "words.txt"]
+    # and from a plain path (the session fixture): the same files
+    assert sorted(p.name for p in tiny_imagenet.iterdir()) == sorted(p.name for p in dest.iterdir())
+
+
+# ---------------------------------------------------------------- Tiny-ImageNet reader
+
+
+def test_tiny_imagenet_train_and_val_on_the_embedded_archive(tiny_imagenet: Path) -> None:
+    train = read_tiny_imagenet(tiny_imagenet, "train")
+    val = read_tiny_imagenet(tiny_imagenet, "val")
+    wnids = (tiny_imagenet / "wnids.txt").read_text().split()
+    assert train.classes == wnids == val.classes and len(wnids) == 20
+    assert set(train.class_counts().values()) == {500} and len(train) == 10_000
+    assert set(val.class_counts().values()) == {50} and len(val) == 1_000
+    assert train.names["n04540053"] == "volleyball" and train.names["n04118538"] == "rugby ball"
+    assert all(sample.image.is_file() for sample in train.samples[::997] + val.samples[::97])
+
+
+@pytest.mark.parametrize(
+    "split, image, wnid, box",
+    [
+        # lines read from the archive: inclusive corners, so x1 and y1 gain 1
+        ("train", "n01855672_0.JPEG", "n01855672", (9, 7, 63, 61)),  # 9 7 62 60
+        ("train", "n04540053_1.JPEG", "n04540053", (11, 2, 25, 16)),  # 11 2 24 15
+        ("val", "val_7.JPEG", "n02823428", (5, 0, 58, 64)),  # 5 0 57 63
+        ("val", "val_26.JPEG", "n04540053", (36, 0, 45, 7)),  # 36 0 44 6
+    ],
+)
+def test_tiny_imagenet_boxes_become_half_open(tiny_imagenet: Path, split: str, image: str, wnid: str, box) -> None:
+    index = read_tiny_imagenet(tiny_imagenet, split)
+    (sample,) = [s for s in index.samples if s.image.name == image]
+    assert index.classes[sample.label] == wnid
+    assert sample.boxes == (tuple(float(v) for v in box),)
+
+
+def write_tiny_layout(root: Path) -> Path:
+    """A two-class Tiny-ImageNet folder with 32×32 JPEGs (one grayscale), 3 train and 1 val image per class."""
+    wnids = ["n001", "n002"]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("n000\tother\nn001\tcat, tabby\nn002\tdog\n")
+    annotations = []
+    for label, wnid in enumerate(wnids):
+        (root / "train" / wnid / "images").mkdir(parents=True)
+        lines = []
+        for k in range(3):
+            channels = 1 if (label, k) == (0, 0) else 3
+            write_jpeg(torch.full((channels, 32, 32), 40 * k + 100 * label, dtype=torch.uint8), str(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG"))
+            lines.append(f"{wnid}_{k}.JPEG\t{k}\t1\t{20 + k}\t30")
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(lines) + "\n")
+        write_jpeg(torch.zeros(3, 32, 32, dtype=torch.uint8), str(root / "val" / "images" / f"val_{label}.JPEG"))
+        annotations.append(f"val_{label}.JPEG\t{wnid}\t0\t0\t31\t31")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_layout(tmp_path: Path) -> Path:
+    return write_tiny_layout(tmp_path / "tiny")
+
+
+def test_tiny_imagenet_reads_a_synthetic_layout(tiny_layout: Path) -> None:
+    train = read_tiny_imagenet(tiny_layout, "train")
+    assert train.names == {"n001": "cat, tabby", "n002": "dog"}
+    assert [s.boxes for s in train.samples[:2]] == [((0.0, 1.0, 21.0, 31.0),), ((1.0, 1.0, 22.0, 31.0),)]
+    assert [s.label for s in read_tiny_imagenet(tiny_layout, "val").samples] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "remove, split, message",
+    [
+        ("wnids.txt", "train", "wnids.txt: file not found"),
+        ("train/n002/n002_boxes.txt", "train", "n002_boxes.txt: file not found"),
+        ("train/n001/images/n001_2.JPEG", "train", "missing image files: .*n001_2.JPEG"),
+        ("val/val_annotations.txt", "val", "val_annotations.txt: file not found"),
+        ("val/images/val_1.JPEG", "val", "missing image files: .*val_1.JPEG"),
+    ],
+)
+def test_tiny_imagenet_missing_files_are_named(tiny_layout: Path, remove: str, split: str, message: str) -> None:
+    (tiny_layout / remove).unlink()
+    with pytest.raises(UserError, match=message):
+        read_tiny_imagenet(tiny_layout, split)
+
+
+def test_tiny_imagenet_rejects_bad_lines_and_splits(tiny_layout: Path) -> None:
+    (tiny_layout / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn999\t0\t0\t1\t1\n")
+    with pytest.raises(UserError, match="class 'n999' of val_0.JPEG is not in wnids.txt"):
+        read_tiny_imagenet(tiny_layout, "val")
+    (tiny_layout / "train" / "n001" / "n001_boxes.txt").write_text("n001_0.JPEG\t1\t2\n")
+    with pytest.raises(UserError, match="n001_boxes.txt: line 1 has 3 tab-separated fields, expected 5"):
+        read_tiny_imagenet(tiny_layout, "train")
+    with pytest.raises(UserError, match="split 'test' unknown"):
+        read_tiny_imagenet(tiny_layout, "test")
+
+
+def test_read_dataset_dispatches_by_format(tiny_layout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert len(read_dataset(tiny_layout, "tiny-imagenet", "train")) == 6
+    calls = []
+    fake = types.ModuleType("mapex.data.formats")
+    fake.read_formatted = lambda root, format, split: calls.append((root, format, split)) or "index"
+    monkeypatch.setitem(sys.modules, "mapex.data.formats", fake)
+    assert read_dataset(tiny_layout, "coco", "val") == "index" and calls == [(tiny_layout, "coco", "val")]
+    with pytest.raises(UserError, match="unknown dataset format 'imagenet'; expected one of tiny-imagenet, voc, coco, yolo, csv"):
+        read_dataset(tiny_layout, "imagenet", "train")
+
+
+# ---------------------------------------------------------------- splits
+
+
+def synthetic_index(sizes: dict[str, int]) -> BoxIndex:
+    """Samples interleaved across classes, image names ``<class>-<k>``."""
+    classes = list(sizes)
+    samples = [
+        BoxSample(Path(f"{class_id}-{k}.jpg"), label, ((0.0, 0.0, 1.0, 1.0),))
+        for k in range(max(sizes.values()))
+        for label, class_id in enumerate(classes)
+        if k < sizes[class_id]
+    ]
+    return BoxIndex(classes, samples, {c: c.upper() for c in classes})
+
+
+def names(index: BoxIndex) -> list[str]:
+    return [sample.image.name for sample in index.samples]
+
+
+def test_select_classes_relabels_in_the_given_order() -> None:
+    index = synthetic_index({"a": 2, "b": 3, "c": 1})
+    chosen = select_classes(index, ["c", "a"])
+    assert chosen.classes == ["c", "a"] and chosen.names == {"c": "C", "a": "A"}
+    assert [(s.image.name, s.label) for s in chosen.samples] == [("a-0.jpg", 1), ("c-0.jpg", 0), ("a-1.jpg", 1)]
+    with pytest.raises(UserError, match=r"unknown class id 'z'; valid ids \(3\) include a, b, c"):
+        select_classes(index, ["a", "z"])
+    with pytest.raises(UserError, match="listed more than once: a"):
+        select_classes(index, ["a", "b", "a"])
+
+
+def test_stratified_split_is_per_class_deterministic_and_disjoint() -> None:
+    index = synthetic_index({"a": 10, "b": 20, "c": 7})
+    train, val = stratified_split(index, 0.3, seed=1)
+    assert val.class_counts() == {"a": 3, "b": 6, "c": 2}
+    assert train.class_counts() == {"a": 7, "b": 14, "c": 5}
+    assert sorted(names(train) + names(val)) == sorted(names(index))
+    assert names(val) == [n for n in names(index) if n in set(names(val))]  # index order kept
+    assert names(stratified_split(index, 0.3, seed=1)[1]) == names(val)
+    assert names(stratified_split(index, 0.3, seed=2)[1]) != names(val)
+    with pytest.raises(UserError, match="val_fraction 1.0"):
+        stratified_split(index, 1.0, seed=1)
+
+
+def test_split_does_not_depend_on_the_other_classes() -> None:
+    index = synthetic_index({"a": 10, "b": 20, "c": 7})
+    _, val_then_select = stratified_split(index, 0.25, seed=3)
+    _, select_then_val = stratified_split(select_classes(index, ["c", "b"]), 0.25, seed=3)
+    assert sorted(names(select_classes(val_then_select, ["c", "b"]))) == sorted(names(select_then_val))
+
+
+def test_balanced_subset_is_balanced_seeded_and_nested() -> None:
+    index = synthetic_index({"a": 10, "b": 20, "c": 7})
+    small, large = balanced_subset(index, 3, seed=0), balanced_subset(index, 6, seed=0)
+    assert small.class_counts() == {"a": 3, "b": 3, "c": 3} and large.class_counts() == {"a": 6, "b": 6, "c": 6}
+    assert set(names(small)) < set(names(large))
+    assert names(balanced_subset(index, 3, seed=0)) == names(small) != names(balanced_subset(index, 3, seed=1))
+    with pytest.raises(UserError, match="class 'c' has 7 samples, fewer than per_class=8"):
+        balanced_subset(index, 8, seed=0)
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def drawn(height: int, width: int, box: tuple[int, int, int, int]) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+    """A black image with a white rectangle over the half-open ``box``, and that box."""
+    x0, y0, x1, y1 = box
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    image[:, y0:y1, x0:x1] = 255
+    boxes = tv_tensors.BoundingBoxes([list(box)], format="XYXY", canvas_size=(height, width), dtype=torch.float32)
+    return tv_tensors.Image(image), boxes
+
+
+def white_pixels(normalised: torch.Tensor) -> torch.Tensor:
+    """Mask of the pixels more than half white, after undoing the ImageNet normalisation."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (normalised * std + mean).mean(0) > 0.5
+
+
+def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    x0, y0, x1, y1 = (int(v) for v in box.tolist())
+    assert box.tolist() == [x0, y0, x1, y1], "box corners must stay whole pixels"
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_horizontal_flip_maps_half_open_box_to_mirror() -> None:
+    image, boxes = drawn(20, 30, (3, 4, 10, 15))
+    flipped, flipped_boxes = v2.RandomHorizontalFlip(p=1.0)(image, boxes)
+    assert flipped_boxes.tolist() == [[30 - 10, 4, 30 - 3, 15]]
+    assert torch.equal(flipped[0] > 127, box_mask(flipped_boxes[0], 20, 30))
+
+
+def test_eval_resize_doubles_boxes_onto_the_drawn_pixels() -> None:
+    image, boxes = drawn(16, 16, (3, 5, 9, 16))
+    out, out_boxes = eval_transform(32)(image, boxes)
+    assert out.shape == (3, 32, 32) and out_boxes.tolist() == [[6, 10, 18, 32]]
+    assert torch.equal(white_pixels(out), box_mask(out_boxes[0], 32, 32))
+
+
+def test_eval_transform_at_native_size_only_normalises() -> None:
+    image, boxes = drawn(16, 16, (3, 5, 9, 16))
+    out, out_boxes = eval_transform(16)(image, boxes)
+    expected = (image.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-6) and torch.equal(out_boxes, boxes)
+
+
+@pytest.mark.parametrize("box", [(20, 12, 41, 30), (0, 0, 7, 64), (58, 50, 64, 64)])
+def test_train_transform_boxes_cover_exactly_the_visible_drawn_pixels(box) -> None:
+    transform = train_transform(64)
+    for seed in range(25):
+        torch.manual_seed(seed)
+        out, out_boxes = transform(*drawn(64, 64, box))
+        assert out.shape == (3, 64, 64) and out.dtype == torch.float32 and len(out_boxes) == 1
+        assert torch.equal(white_pixels(out), box_mask(out_boxes[0], 64, 64)), f"seed {seed}"
+
+
+def test_keep_visible_boxes_drops_emptied_boxes_but_never_all() -> None:
+    canvas = (10, 10)
+    some = tv_tensors.BoundingBoxes([[-5, 2, -1, 6], [8, 8, 14, 12]], format="XYXY", canvas_size=canvas, dtype=torch.float32)
+    assert KeepVisibleBoxes()(some).tolist() == [[8, 8, 10, 10]]
+    none = tv_tensors.BoundingBoxes([[-5, 2, -1, 6]], format="XYXY", canvas_size=canvas, dtype=torch.float32)
+    assert KeepVisibleBoxes()(none).tolist() == [[0, 2, 0, 6]]  # zero area: no foreground in view
+
+
+# ---------------------------------------------------------------- dataset and loader
+
+
+def test_box_dataset_items_are_rgb_float_with_boxes(tiny_layout: Path) -> None:
+    index = read_tiny_imagenet(tiny_layout, "train")
+    dataset = BoxDataset(index, eval_transform(64))
+    image, label, boxes = dataset[0]  # the grayscale JPEG
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and type(image) is torch.Tensor
+    assert label == 0 and boxes.tolist() == [[0.0, 2.0, 42.0, 62.0]] and type(boxes) is torch.Tensor
+    cached = BoxDataset(index, eval_transform(64), cache=True)
+    for position in range(len(index)):
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(dataset[position], cached[position]))
+
+
+def test_box_dataset_names_an_undecodable_image(tiny_layout: Path) -> None:
+    index = read_tiny_imagenet(tiny_layout, "val")
+    index.samples[1].image.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="val_1.JPEG: cannot decode image"):
+        BoxDataset(index, eval_transform(32), cache=True)
+
+
+def test_collate_boxes_keeps_per_image_box_lists() -> None:
+    batch = [(torch.zeros(3, 4, 4), 1, torch.ones(1, 4)), (torch.ones(3, 4, 4), 0, torch.ones(2, 4))]
+    images, labels, boxes = collate_boxes(batch)
+    assert images.shape == (2, 3, 4, 4) and labels.tolist() == [1, 0] and [len(b) for b in boxes] == [1, 2]
+
+
+def epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]:
+    return list(loader)
+
+
+def same_batches(first, second) -> bool:
+    return len(first) == len(second) and all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and all(map(torch.equal, a[2], b[2])) for a, b in zip(first, second)
+    )
+
+
+@pytest.fixture
+def noisy_index(tmp_path: Path) -> BoxIndex:
+    """12 noise JPEGs (so every crop and flip shows), 3 classes, one box each."""
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for k in range(12):
+        path = tmp_path / f"img{k}.jpg"
+        write_jpeg(torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8, generator=generator), str(path))
+        samples.append(BoxSample(path, k % 3, ((k, 2.0, k + 10, 20.0),)))
+    return BoxIndex(["a", "b", "c"], samples)
+
+
+def test_loader_same_seed_same_batches_any_workers(noisy_index: BoxIndex) -> None:
+    reference = make_loader(noisy_index, 24, train=True, batch_size=5, seed=7)
+    first, second = epoch(reference), epoch(reference)
+    assert [len(b[1]) for b in first] == [5, 5, 2] and not same_batches(first, second)
+    rng_before = torch.get_rng_state()
+    again = make_loader(noisy_index, 24, train=True, batch_size=5, seed=7, cache=True)
+    assert same_batches(epoch(again), first) and same_batches(epoch(again), second)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is left alone
+    workers = make_loader(noisy_index, 24, train=True, batch_size=5, seed=7, num_workers=2)
+    assert same_batches(epoch(workers), first)
+    resumed = make_loader(noisy_index, 24, train=True, batch_size=5, seed=7)
+    resumed.sampler.set_epoch(1)
+    assert same_batches(epoch(resumed), second)
+    assert not same_batches(epoch(make_loader(noisy_index, 24, train=True, batch_size=5, seed=8)), first)
+
+
+def test_eval_loader_keeps_index_order_and_drop_last(noisy_index: BoxIndex) -> None:
+    loader = make_loader(noisy_index, 24, train=False, batch_size=5, seed=0, drop_last=True)
+    batches = epoch(loader)
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 0, 1], [2, 0, 1, 2, 0]]
+    assert batches[0][2][3].tolist() == [[3.0, 2.0, 13.0, 20.0]]

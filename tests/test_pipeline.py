@@ -1,0 +1,97 @@
+"""Snakemake and DVC must expand to the same commands for the same outputs, for every config."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mapex.config import load_params
+from mapex.pipeline import ratio_tag, run_ids
+
+from conftest import REPO
+
+CONFIGS = ["params.yaml", "config/ci.yaml"]
+
+
+def _normalise(command: str) -> str:
+    """Drop what legitimately differs: Snakemake's --threads and the params file's name."""
+    command = re.sub(r"\s+--threads \d+", "", command)
+    command = re.sub(r"--params \S+", "--params PARAMS", command)
+    return " ".join(command.split())
+
+
+def snakemake_commands(configfile: str) -> set[str]:
+    result = subprocess.run(
+        ["snakemake", "-n", "-p", "--forceall", "--configfile", configfile],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    commands = (line.split(":", 1)[1].strip() for line in result.stdout.splitlines() if line.startswith("Shell command:"))
+    return {_normalise(c) for c in commands if c != "None"}  # target rules have no command
+
+
+def dvc_commands(configfile: str, tmp_path: Path) -> set[str]:
+    from dvc.repo import Repo
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(REPO / configfile, tmp_path / "params.yaml")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    with Repo(str(tmp_path)) as repo:
+        return {_normalise(stage.cmd) for stage in repo.index.stages}
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
+def test_snakemake_and_dvc_run_the_same_commands(configfile, tmp_path):
+    snake = snakemake_commands(configfile)
+    dvc = dvc_commands(configfile, tmp_path)
+    assert snake == dvc, f"only Snakemake: {sorted(snake - dvc)[:3]}; only DVC: {sorted(dvc - snake)[:3]}"
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
+def test_every_run_is_evaluated(configfile):
+    params = load_params(REPO / configfile)
+    commands = snakemake_commands(configfile)
+    for run in run_ids(params):
+        assert any(f"--out results/runs/{run}.json" in c for c in commands), run
+
+
+def test_run_ids_cover_criteria_ratios_seeds_and_the_unpruned_reference():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prune"] = {"criteria": ["map-ex", "l1"], "ratios": [0.3, 0.5], "global": False}
+    params["seeds"] = [0, 1]
+    runs = run_ids(params)
+    assert runs[:2] == ["none/r0/s0", "none/r0/s1"]
+    assert "map-ex/r0.3/s1" in runs and "l1/r0.5/s0" in runs
+    assert len(runs) == 2 + 2 * 2 * 2
+
+
+def test_ratio_tag_matches_dvc_rendering():
+    assert [ratio_tag(r) for r in (0.3, 0.5, 0.25, 0)] == ["0.3", "0.5", "0.25", "0"]
+
+
+def _dry_run_with(tmp_path, edit) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(params))
+    return subprocess.run(["snakemake", "-n", "--configfile", str(config)], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda p: p["prune"]["ratios"].append(1.5), "prune.ratios[3]: 1.5 is greater than or equal to the maximum of 1"),
+        (lambda p: p["prune"]["criteria"].append("magic"), "'magic' is not one of"),
+        (lambda p: p["train"].update(epoch=3), "'epoch' was unexpected"),
+    ],
+)
+def test_bad_params_stop_snakemake_before_any_work_naming_the_key(tmp_path, edit, expected):
+    result = _dry_run_with(tmp_path, edit)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+
+
+def test_snakemake_lint_is_clean():
+    result = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
