@@ -201,6 +201,13 @@ def test_custom_exempt_layers_keep_their_filters() -> None:
         prune_model(build("plain"), get_criterion("l1"), 0.5, INPUT, exempt=["conv9"])
 
 
+def test_global_ranking_with_nothing_prunable_is_a_no_op() -> None:
+    model = build("plain")
+    everything = ["stem", "conv1", "conv2", "fc"]
+    report = prune_model(model, get_criterion("l1"), 0.5, INPUT, global_pruning=True, exempt=everything)
+    assert report.filters_after == report.filters_before and report.params_after == report.params_before
+
+
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
 def test_ratio_outside_zero_one_is_refused(ratio: float) -> None:
     with pytest.raises(UserError, match="ratio"):

@@ -126,6 +126,7 @@ def _loader(params: dict[str, Any], index, train: bool, batch_size: int, seed: i
         batch_size=batch_size,
         seed=seed,
         num_workers=params["workers"],
+        cache=True,
     )
 
 
@@ -215,7 +216,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                            Path(args.out), Path(args.history), meta)
     test_loader = _loader(params, task.source_test, False, params["train"]["batch_size"], seed)
     metrics = evaluate_model(model, test_loader, _device(params), _input_size(params),
-                             latency_batches=tuple(params["evaluate"]["latency_batches"]))
+                             latency_batches=tuple(params["evaluate"]["latency_batches"]),
+                             latency_reps=params["evaluate"]["latency_reps"])
     metrics.update(best_epoch=fitted["best_epoch"], n_classes=len(task.source_classes),
                    val_top1=max(h["val_top1"] for h in fitted["history"]))
     write_json(args.metrics, metrics)
@@ -332,7 +334,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     before = accuracy(pruned.to(device), loader, device)
     model, meta = _load_model(args.model)
     metrics = evaluate_model(model, loader, device, _input_size(params),
-                             latency_batches=tuple(params["evaluate"]["latency_batches"]))
+                             latency_batches=tuple(params["evaluate"]["latency_batches"]),
+                             latency_reps=params["evaluate"]["latency_reps"])
     prune_report = meta.get("prune") or {}
     metrics.update(
         criterion=meta["criterion"],
@@ -471,8 +474,8 @@ def cmd_response_maps(args: argparse.Namespace) -> None:
 
 
 def _display_layers(conv_names: list[str]) -> list[str]:
-    """Two conv layers to show: at half and three quarters of the network's depth."""
-    return list(dict.fromkeys([conv_names[len(conv_names) // 2], conv_names[(3 * len(conv_names)) // 4]]))
+    """Two conv layers to show: at a third and two thirds of the network's depth."""
+    return list(dict.fromkeys([conv_names[len(conv_names) // 3], conv_names[(2 * len(conv_names)) // 3]]))
 
 
 def _unnormalise(images):
@@ -573,6 +576,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as err:
-        log.error("%s", err)
-        print(f"mapex: error: {err}", file=sys.stderr)
+        log.error("%s", err)  # one line, on stderr and in the stage's log
         return 2

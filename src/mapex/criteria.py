@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -118,19 +119,24 @@ class Criterion(tp.importance.Importance):
 
 CRITERIA: dict[str, type[Criterion]] = {}
 
-C = TypeVar("C", bound=type[Criterion])
+CriterionClass = TypeVar("CriterionClass", bound=type[Criterion])
 
 
-def register(cls: C) -> C:
+def register(cls: CriterionClass) -> CriterionClass:
     """Class decorator: make the criterion available by its ``name``."""
     CRITERIA[cls.name] = cls
     return cls
 
 
 def get_criterion(name: str, **kwargs: Any) -> Criterion:
-    """An instance of the criterion called ``name``; keyword arguments go to its constructor."""
+    """An instance of the criterion called ``name``; keyword arguments go to its constructor
+    (``scores`` for all; ``seed`` for ``random``; ``score`` for ``map-ex`` and ``map``)."""
     if name not in CRITERIA:
         raise io.UserError(f"unknown criterion '{name}'; valid: {', '.join(sorted(CRITERIA))}")
+    options = inspect.signature(CRITERIA[name]).parameters
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise io.UserError(f"criterion '{name}' has no option {', '.join(unknown)}; it takes {', '.join(options)}")
     return CRITERIA[name](**kwargs)
 
 
@@ -201,8 +207,8 @@ class MapExCriterion(Criterion):
 
     def __init__(self, scores: Mapping[str, Tensor] | None = None, score: str = "diff") -> None:
         super().__init__(scores)
-        if score not in ("diff", "ratio", "fg"):
-            raise io.UserError(f"unknown Map-EX score '{score}'; valid: diff, fg, ratio")
+        if score not in statistics.SCORES:
+            raise io.UserError(f"unknown Map-EX score '{score}'; valid: {', '.join(statistics.SCORES)}")
         self.score = score
 
     def _score(self, model, batches, input_size) -> ScoreDict:
@@ -293,7 +299,9 @@ class TaylorCriterion(Criterion):
             with torch.enable_grad(), _kept_outputs(model, taps) as outputs:
                 loss = F.cross_entropy(model(images), labels, reduction="sum")
             # A filter whose output never reaches the loss has no gradient: its score is 0.
-            gradients = torch.autograd.grad(loss, list(outputs.values()), allow_unused=True, materialize_grads=True)
+            gradients = torch.autograd.grad(
+                loss, list(outputs.values()), allow_unused=True, materialize_grads=True
+            )
             for (name, output), gradient in zip(outputs.items(), gradients):
                 per_image = (output.detach() * gradient).sum(dim=(2, 3)).double().pow(2)
                 means.add(name, per_image.sum(dim=0), len(per_image))

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from mapex.io import UserError
 
@@ -42,7 +43,7 @@ class LayerGeometry:
     start: float
 
 
-INPUT_GEOMETRY = LayerGeometry(jump=1.0, size=1, start=0.0)
+_INPUT_GEOMETRY = LayerGeometry(jump=1.0, size=1, start=0.0)
 
 # Modules, functions and methods whose output is not a spatial map: SPEC's spatial part ends at
 # global pooling / flatten / the classifier; shape queries (getattr, size) give no tensor at all.
@@ -66,7 +67,7 @@ def trace_model(model: nn.Module) -> fx.Graph:
     control flow cannot be traced; we raise rather than guess (no hook-based fallback).
     """
     try:
-        return fx.symbolic_trace(model).graph
+        return fx.Tracer().trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError, ...)
         raise UserError(
             f"cannot trace {type(model).__name__} with torch.fx to find its receptive fields "
@@ -74,7 +75,9 @@ def trace_model(model: nn.Module) -> fx.Graph:
         ) from err
 
 
-def receptive_fields(model: nn.Module, input_size: tuple[int, int]) -> dict[str, LayerGeometry]:
+def receptive_fields(
+    model: nn.Module, input_size: tuple[int, int], graph: fx.Graph | None = None
+) -> dict[str, LayerGeometry]:
     """Geometry of every ``nn.Conv2d`` reached from the input, keyed by qualified module name.
 
     Convs, ``MaxPool2d`` and ``AvgPool2d`` (modules or ``F.max_pool2d`` / ``F.avg_pool2d``) apply
@@ -85,13 +88,14 @@ def receptive_fields(model: nn.Module, input_size: tuple[int, int]) -> dict[str,
 
     ``input_size`` is checked but does not enter the recurrence: SPEC's geometry depends on the
     layers only, not on the image size (clipping to the image happens in the weights).
+    ``graph``: the model's :func:`trace_model` graph, where the caller already has it.
     """
     if len(input_size) != 2 or min(input_size) < 1:
         raise UserError(f"input_size must be (height, width) in pixels, got {input_size}")
     modules = dict(model.named_modules())
     geometry_of: dict[fx.Node, LayerGeometry | None] = {}
     conv_geometry: dict[str, LayerGeometry] = {}
-    for node in trace_model(model).nodes:
+    for node in (graph or trace_model(model)).nodes:
         geometry = _node_geometry(node, modules, geometry_of)
         geometry_of[node] = geometry
         if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
@@ -112,7 +116,7 @@ def _node_geometry(
     """Geometry of one graph node's output, or ``None`` where it is not a spatial map."""
     if node.op == "placeholder":
         is_first_input = not any(n.op == "placeholder" for n in geometry_of)
-        return INPUT_GEOMETRY if is_first_input else None
+        return _INPUT_GEOMETRY if is_first_input else None
     inputs = [geometry_of[arg] for arg in _input_nodes(node)]
     inputs = [g for g in inputs if g is not None]
     if node.op in ("get_attr", "output") or not inputs:
@@ -123,7 +127,7 @@ def _node_geometry(
         return _function_geometry(node, inputs)
     if node.op == "call_method" and node.target in _SPATIAL_END_METHODS:
         return None
-    return merge_geometries(inputs)
+    return _merge_geometries(inputs)
 
 
 def _input_nodes(node: fx.Node) -> list[fx.Node]:
@@ -133,7 +137,7 @@ def _input_nodes(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def merge_geometries(inputs: Sequence[LayerGeometry]) -> LayerGeometry:
+def _merge_geometries(inputs: Sequence[LayerGeometry]) -> LayerGeometry:
     """Merge of paths (SPEC): largest receptive field; jump and centre of the first (main) path."""
     main = inputs[0]
     return LayerGeometry(jump=main.jump, size=max(g.size for g in inputs), start=main.start)
@@ -147,12 +151,12 @@ def _module_geometry(module: nn.Module, name: str, inputs: list[LayerGeometry]) 
                         "the receptive-field recurrence does not cover")
     if isinstance(module, nn.Conv2d):
         padding = _conv_padding(module)
-        return apply_window(inputs[0], module.kernel_size, module.stride, padding, module.dilation, name)
+        return _apply_window(inputs[0], module.kernel_size, module.stride, padding, module.dilation, name)
     if isinstance(module, nn.MaxPool2d):
-        return apply_window(inputs[0], module.kernel_size, module.stride, module.padding, module.dilation, name)
+        return _apply_window(inputs[0], module.kernel_size, module.stride, module.padding, module.dilation, name)
     if isinstance(module, nn.AvgPool2d):
-        return apply_window(inputs[0], module.kernel_size, module.stride, module.padding, 1, name)
-    return merge_geometries(inputs)
+        return _apply_window(inputs[0], module.kernel_size, module.stride, module.padding, 1, name)
+    return _merge_geometries(inputs)
 
 
 def _conv_padding(conv: nn.Conv2d) -> Any:
@@ -175,7 +179,7 @@ def _function_geometry(node: fx.Node, inputs: list[LayerGeometry]) -> LayerGeome
         return _functional_pool_geometry(node, inputs[0])
     if target is operator.getitem:  # one output of a tuple, or a channel slice
         return inputs[0]
-    return merge_geometries(inputs)
+    return _merge_geometries(inputs)
 
 
 def _functional_pool_geometry(node: fx.Node, geometry: LayerGeometry) -> LayerGeometry:
@@ -185,11 +189,11 @@ def _functional_pool_geometry(node: fx.Node, geometry: LayerGeometry) -> LayerGe
     kernel = options["kernel_size"]
     stride = options.get("stride") or kernel  # None or () mean "same as the kernel"
     dilation = options.get("dilation", 1) if node.target is F.max_pool2d else 1
-    return apply_window(geometry, kernel, stride, options.get("padding", 0), dilation, node.name)
+    return _apply_window(geometry, kernel, stride, options.get("padding", 0), dilation, node.name)
 
 
-def apply_window(
-    geometry: LayerGeometry, kernel: Any, stride: Any, padding: Any, dilation: Any, name: str = "layer"
+def _apply_window(
+    geometry: LayerGeometry, kernel: Any, stride: Any, padding: Any, dilation: Any, name: str
 ) -> LayerGeometry:
     """SPEC's recurrence through one conv or pool window (square ints or pairs of equal ints)."""
     k, s, p, d = (_square(value, what, name) for value, what in
@@ -225,17 +229,10 @@ class BoxBatch:
         self.boxes = _pad_boxes(boxes, torch.device(device))
         self.integral = _integral_image(_union_mask(self.boxes, self.image_hw))
 
-    def __len__(self) -> int:
-        return self.boxes.shape[0]
-
 
 def _pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> Tensor:
-    most = max((len(b) for b in boxes), default=0)
-    padded = torch.zeros(len(boxes), most, 4, dtype=torch.float64, device=device)
-    for i, image_boxes in enumerate(boxes):
-        image_boxes = torch.as_tensor(image_boxes, dtype=torch.float64).reshape(-1, 4)
-        padded[i, : len(image_boxes)] = image_boxes.to(device)
-    return padded
+    as_tensors = [torch.as_tensor(b, dtype=torch.float32, device=device).reshape(-1, 4) for b in boxes]
+    return pad_sequence(as_tensors, batch_first=True)  # zero rows are empty boxes: they cover nothing
 
 
 def _inside(points: Tensor, low: Tensor, high: Tensor) -> Tensor:
@@ -254,13 +251,14 @@ def _union_mask(boxes: Tensor, image_hw: tuple[int, int]) -> Tensor:
 
 
 def _integral_image(mask: Tensor) -> Tensor:
-    counts = mask.to(torch.int64).cumsum(dim=1).cumsum(dim=2)
+    """Float32 counts: exact integers up to 2**24 pixels, i.e. images up to 4096 x 4096."""
+    counts = mask.to(torch.float32).cumsum(dim=1).cumsum(dim=2)
     return F.pad(counts, (1, 0, 1, 0))
 
 
-def unit_centres(geometry: LayerGeometry, count: int, device: torch.device | str = "cpu") -> Tensor:
-    """Pixel coordinate of the centres of units ``0 … count-1`` along one axis (float64)."""
-    return geometry.start + geometry.jump * torch.arange(count, dtype=torch.float64, device=device)
+def _unit_centres(geometry: LayerGeometry, count: int, device: torch.device | str = "cpu") -> Tensor:
+    """Pixel coordinate of the centres of units ``0 … count-1`` along one axis."""
+    return geometry.start + geometry.jump * torch.arange(count, dtype=torch.float32, device=device)
 
 
 def _clipped_field(geometry: LayerGeometry, count: int, extent: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -268,7 +266,7 @@ def _clipped_field(geometry: LayerGeometry, count: int, extent: int, device: tor
 
     ``L = centre - (r-1)/2`` is an integer by construction; ``round`` only removes float noise.
     """
-    first = torch.round(unit_centres(geometry, count, device) - (geometry.size - 1) / 2).to(torch.int64)
+    first = torch.round(_unit_centres(geometry, count, device) - (geometry.size - 1) / 2).to(torch.int64)
     return first.clamp(0, extent), (first + geometry.size).clamp(0, extent)
 
 
@@ -291,8 +289,8 @@ def batch_foreground_weights(
 
 def _centre_weights(geometry: LayerGeometry, feature_hw: tuple[int, int], boxes: Tensor) -> Tensor:
     height, width = feature_hw
-    y = unit_centres(geometry, height, boxes.device) + 0.5
-    x = unit_centres(geometry, width, boxes.device) + 0.5
+    y = _unit_centres(geometry, height, boxes.device) + 0.5
+    x = _unit_centres(geometry, width, boxes.device) + 0.5
     rows = _inside(y, boxes[..., 1], boxes[..., 3])
     cols = _inside(x, boxes[..., 0], boxes[..., 2])
     return (rows[..., :, None] & cols[..., None, :]).any(dim=1).to(torch.float32)
@@ -300,16 +298,12 @@ def _centre_weights(geometry: LayerGeometry, feature_hw: tuple[int, int], boxes:
 
 def _field_weights(geometry: LayerGeometry, feature_hw: tuple[int, int], boxes: BoxBatch) -> Tensor:
     integral = boxes.integral
-    device = integral.device
-    top, bottom = _clipped_field(geometry, feature_hw[0], boxes.image_hw[0], device)
-    left, right = _clipped_field(geometry, feature_hw[1], boxes.image_hw[1], device)
-
-    def corner(rows: Tensor, cols: Tensor) -> Tensor:
-        return integral.index_select(1, rows).index_select(2, cols)
-
-    covered = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+    top, bottom = _clipped_field(geometry, feature_hw[0], boxes.image_hw[0], integral.device)
+    left, right = _clipped_field(geometry, feature_hw[1], boxes.image_hw[1], integral.device)
+    row_bands = integral.index_select(1, bottom) - integral.index_select(1, top)  # [B, h, W+1]
+    covered = row_bands.index_select(2, right) - row_bands.index_select(2, left)  # [B, h, w]
     area = (bottom - top)[:, None] * (right - left)[None, :]
-    return (covered.to(torch.float64) / area.clamp(min=1)).to(torch.float32)
+    return covered / area.clamp(min=1).to(torch.float32)
 
 
 def foreground_weights(

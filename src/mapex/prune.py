@@ -78,6 +78,7 @@ def prune_model(
 ) -> PruneReport:
     """Remove the fraction ``ratio`` of the output filters of every prunable conv, in place.
 
+    ``example_input`` (one image is enough; the first is used) traces the model and counts MACs.
     ``importance`` must hold scores for every conv of ``model`` (from ``compute`` or given
     precomputed). ``exempt`` names modules left whole (default: the first conv and the
     classifier, see :func:`default_exempt`); a group that contains an exempt module is not pruned.
@@ -87,6 +88,7 @@ def prune_model(
         raise io.UserError(f"pruning ratio must be in [0, 1), got {ratio}")
     if round_to is not None and round_to < 1:
         raise io.UserError(f"round_to must be a positive integer, got {round_to}")
+    example_input = example_input[:1].to(next(model.parameters()).device)
     names = {module: name for name, module in model.named_modules()}
     exempt = list(default_exempt(model, example_input) if exempt is None else exempt)
     ignored = [module for name in exempt for module in _module_named(model, name).modules()]
@@ -147,7 +149,7 @@ def default_exempt(model: nn.Module, example_input: Tensor) -> list[str]:
     ]
     try:
         with torch.no_grad(), _evaluating(model):
-            model(example_input[:1])
+            model(example_input)
     finally:
         for hook in hooks:
             hook.remove()
@@ -179,8 +181,10 @@ def _globally_kept(
     round_to: int | None,
 ) -> dict[nn.Conv2d, int]:
     """Per conv, how many filters its group keeps when all groups' channels are ranked together."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]))
+    if not groups:
+        return {}
     scores = [importance(group) for group in groups]
     owners = torch.cat([torch.full((len(group_scores),), i) for i, group_scores in enumerate(scores)])
     best = torch.cat(scores).argsort(descending=True)[: round((1.0 - ratio) * len(owners))]
@@ -206,7 +210,7 @@ def _make_pruner(
     """
     return tp.pruner.BasePruner(
         model=model,
-        example_inputs=example_input[:1],
+        example_inputs=example_input,
         importance=importance,
         ignored_layers=ignored,
         root_module_types=[nn.Conv2d],
@@ -240,7 +244,7 @@ def _filter_counts(model: nn.Module) -> dict[str, int]:
 def _count(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
     """(MACs per image, parameters). Torch-Pruning counts a conv's multiply-adds plus bias, BN,
     activation and pooling element operations; it runs a deep copy in eval mode."""
-    macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
+    macs, params = tp.utils.count_ops_and_params(model, example_input)
     return int(macs), int(params)
 
 

@@ -31,10 +31,13 @@ from mapex.io import UserError
 
 SCORES = ("diff", "ratio", "fg")
 RATIO_EPSILON = 1e-6
+CHUNK_BYTES = 2 << 20  # activations are weighted a few images at a time, about this many bytes
 
 Activation = Callable[[Tensor], Tensor]
 TapCallback = Callable[[str, Tensor], None]
+RawTapCallback = Callable[[str, Tensor, "Tap"], None]
 
+_NORM_MODULES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
 _ACTIVATION_FUNCTIONS = {F.relu, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu, torch.relu}
 _ACTIVATION_METHODS = {"relu": F.relu, "relu_": F.relu}
@@ -54,11 +57,14 @@ class Tap:
 # --------------------------------------------------------------------------- activation taps
 
 
-def activation_taps(model: nn.Module) -> dict[str, Tap]:
-    """For every ``nn.Conv2d`` (by qualified name), the :class:`Tap` of the activation the next layer consumes."""
+def activation_taps(model: nn.Module, graph: fx.Graph | None = None) -> dict[str, Tap]:
+    """For every ``nn.Conv2d`` (by qualified name), the :class:`Tap` of the activation the next layer consumes.
+
+    ``graph``: the model's :func:`mapex.geometry.trace_model` graph, where the caller already has it.
+    """
     modules = dict(model.named_modules())
     taps: dict[str, Tap] = {}
-    for node in trace_model(model).nodes:
+    for node in (graph or trace_model(model)).nodes:
         if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
             taps.setdefault(node.target, _tap_from(node, modules))
     return taps
@@ -67,9 +73,7 @@ def activation_taps(model: nn.Module) -> dict[str, Tap]:
 def _tap_from(conv_node: fx.Node, modules: dict[str, nn.Module]) -> Tap:
     node = conv_node
     follower = _only_user(node)
-    if follower is not None and follower.op == "call_module" and isinstance(
-        modules[follower.target], nn.modules.batchnorm._BatchNorm
-    ):
+    if follower is not None and follower.op == "call_module" and isinstance(modules[follower.target], _NORM_MODULES):
         node = follower
         follower = _only_user(node)
     activation = None if follower is None else _activation_of(follower, modules)
@@ -121,18 +125,26 @@ def tap_activations(
     must use it at once and not keep it. Hooks are removed on exit.
     """
     taps = activation_taps(model) if taps is None else taps
+    with tap_outputs(model, taps, lambda name, output, tap: callback(name, tap.read(output))):
+        yield taps
+
+
+@contextlib.contextmanager
+def tap_outputs(model: nn.Module, taps: dict[str, Tap], callback: RawTapCallback) -> Iterator[None]:
+    """Like :func:`tap_activations`, but ``callback(conv_name, output, tap)`` gets the tapped module's
+    raw output and applies ``tap.read`` itself (e.g. chunk by chunk, to save memory traffic)."""
     modules = dict(model.named_modules())
     handles = [modules[tap.module].register_forward_hook(_hook(name, tap, callback)) for name, tap in taps.items()]
     try:
-        yield taps
+        yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _hook(conv_name: str, tap: Tap, callback: TapCallback) -> Callable:
+def _hook(conv_name: str, tap: Tap, callback: RawTapCallback) -> Callable:
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-        callback(conv_name, tap.read(output))
+        callback(conv_name, output, tap)
 
     return hook
 
@@ -152,12 +164,12 @@ class _UnitWeights:
     image_count: Tensor
 
     @classmethod
-    def from_foreground(cls, foreground: Tensor, dtype: torch.dtype) -> _UnitWeights:
-        """``foreground [B, h*w]`` in ``[0, 1]``; ``dtype`` is the precision of the sums."""
-        weights = torch.stack([foreground, 1 - foreground], dim=1).to(dtype)
+    def from_foreground(cls, foreground: Tensor, count_dtype: torch.dtype) -> _UnitWeights:
+        """``foreground [B, h*w]`` in ``[0, 1]``. A sum of non-negative weights is 0 only if all are."""
+        weights = torch.stack([foreground, 1 - foreground], dim=1)
         totals = weights.sum(dim=2, keepdim=True)
-        normalised = weights / totals.clamp(min=torch.finfo(dtype).tiny)
-        return cls(normalised.to(foreground.dtype), (totals[:, :, 0] > 0).sum(dim=0).to(dtype))
+        normalised = weights / totals.clamp(min=torch.finfo(weights.dtype).tiny)
+        return cls(normalised, (totals[:, :, 0] > 0).sum(dim=0).to(count_dtype))
 
 
 class _FilterSums:
@@ -171,17 +183,10 @@ class _FilterSums:
         self.response_sum = torch.zeros(2, channels, device=device, dtype=dtype)
         self.image_count = torch.zeros(2, device=device, dtype=dtype)
 
-    def add(self, activation: Tensor, weights: _UnitWeights) -> None:
-        """Add the ``F_i = Σ w·A / Σ w`` and ``B_i = Σ (1-w)·A / Σ (1-w)`` of a batch's images (SPEC).
-
-        One ``bmm`` of ``[B, 2, h*w]`` with ``[B, h*w, C]`` gives every image's and filter's mean; an
-        image without ``F_i`` (or ``B_i``) has a zero row there, so it adds 0 and is not counted.
-        """
-        batch, channels = activation.shape[:2]
-        units = activation.reshape(batch, channels, -1).to(weights.normalised.dtype).transpose(1, 2)
-        image_means = torch.bmm(weights.normalised, units)  # [B, 2, C]
+    def add(self, image_means: Tensor, image_count: Tensor) -> None:
+        """Add a batch's ``image_means [B, 2, C]`` (rows of images without ``F_i`` / ``B_i`` are 0)."""
         self.response_sum += image_means.sum(dim=0, dtype=self.response_sum.dtype)
-        self.image_count += weights.image_count
+        self.image_count += image_count
 
     def means(self) -> tuple[Tensor, Tensor]:
         """``F̄`` and ``B̄`` per filter; 0 where no image has one (SPEC)."""
@@ -193,13 +198,16 @@ class ResponseAccumulator:
     """Streams feature maps into per-filter ``F̄`` / ``B̄`` sums; memory does not grow with the images.
 
     Per batch: call :meth:`start_batch` with the batch's boxes, run the model with :meth:`add` as
-    the :func:`tap_activations` callback, and read :meth:`scores` at the end. The weight maps are
-    computed once per (geometry, feature size) and batch, and shared by the convs that have them.
-    Sums over units are in float32 (one ``bmm``); per-image totals and the running sums over
-    images in float64 (float32 on MPS, which has no float64).
+    the :func:`tap_activations` callback (or :meth:`add_tapped` as the :func:`tap_outputs` one),
+    and read :meth:`scores` at the end. The weight maps are computed once per (geometry, feature
+    size) and batch, and shared by the convs that have them. Weights and the sums over a feature
+    map's units are float32 (``bmm``); the running sums over images are float64 (float32 on MPS,
+    which has no float64).
     """
 
-    def __init__(self, geometries: dict[str, LayerGeometry], method: str = "map-ex", device: torch.device | str = "cpu"):
+    def __init__(
+        self, geometries: dict[str, LayerGeometry], method: str = "map-ex", device: torch.device | str = "cpu"
+    ):
         self.geometries = geometries
         self.method = method
         self.device = torch.device(device)
@@ -213,12 +221,19 @@ class ResponseAccumulator:
         self._boxes = BoxBatch(boxes, image_hw, self.device)
         self._weights = {}
 
-    def add(self, conv_name: str, activation: Tensor) -> None:
-        """Add one conv's feature maps ``[B, C, h, w]`` for the current batch."""
-        weights = self._unit_weights(conv_name, tuple(activation.shape[2:]))
+    def add(self, conv_name: str, output: Tensor, activation: Activation | None = None) -> None:
+        """Add one conv's feature maps ``[B, C, h, w]`` for the current batch.
+
+        ``activation``, if given, is applied here to ``output`` (see :func:`tap_outputs`).
+        """
+        weights = self._unit_weights(conv_name, tuple(output.shape[2:]))
         if conv_name not in self._sums:
-            self._sums[conv_name] = _FilterSums(activation.shape[1], self.device, self.dtype)
-        self._sums[conv_name].add(activation, weights)
+            self._sums[conv_name] = _FilterSums(output.shape[1], self.device, self.dtype)
+        self._sums[conv_name].add(_image_means(output, activation, weights.normalised), weights.image_count)
+
+    def add_tapped(self, conv_name: str, output: Tensor, tap: Tap) -> None:
+        """:func:`tap_outputs` callback."""
+        self.add(conv_name, output, tap.activation)
 
     def _unit_weights(self, conv_name: str, feature_hw: tuple[int, int]) -> _UnitWeights:
         if self._boxes is None:
@@ -232,6 +247,24 @@ class ResponseAccumulator:
     def scores(self, score: str = "diff") -> dict[str, Tensor]:
         """Per conv name, the score of every output filter as a 1-D float32 CPU tensor."""
         return {name: _combine(sums, score).float().cpu() for name, sums in self._sums.items()}
+
+
+def _image_means(output: Tensor, activation: Activation | None, normalised: Tensor) -> Tensor:
+    """``[B, 2, C]``: every image's and filter's ``F_i`` and ``B_i``, as ``normalised [B, 2, h*w]`` @ ``A``.
+
+    An image without ``F_i`` (or ``B_i``) has a zero row there, so its mean comes out 0. Done
+    in chunks of about :data:`CHUNK_BYTES` of images: the activated chunk is still in cache when
+    the ``bmm`` reads it, and no whole-batch activation is allocated.
+    """
+    batch, channels = output.shape[:2]
+    per_chunk = max(1, CHUNK_BYTES // max(1, output[0].nbytes))
+    means = []
+    for first in range(0, batch, per_chunk):
+        chunk = output[first:first + per_chunk]
+        chunk = chunk if activation is None else activation(chunk)
+        units = chunk.reshape(len(chunk), channels, -1).to(normalised.dtype).transpose(1, 2)
+        means.append(torch.bmm(normalised[first:first + per_chunk], units))
+    return torch.cat(means)
 
 
 def _combine(sums: _FilterSums, score: str) -> Tensor:
@@ -275,12 +308,14 @@ def filter_scores(
     if first is None:
         raise UserError("filter_scores got no batches: the task sample is empty")
     device = _model_device(model)
-    geometries = receptive_fields(model, input_size or tuple(first[0].shape[-2:]))
+    graph = trace_model(model)
+    geometries = receptive_fields(model, input_size or tuple(first[0].shape[-2:]), graph)
     accumulator = ResponseAccumulator(geometries, method, device)
+    taps = activation_taps(model, graph)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), tap_activations(model, accumulator.add), _autocast(device, amp):
+        with torch.inference_mode(), tap_outputs(model, taps, accumulator.add_tapped), _autocast(device, amp):
             for batch in tqdm(itertools.chain([first], batch_iterator), total=_length(batches),
                               desc=f"{method} scores", unit="batch", disable=None if progress else True):
                 images = batch[0].to(device)

@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mapex.evaluate import accuracy, count_macs, count_params, evaluate_model, file_size, measure_latency
+from mapex.io import UserError
+
+CPU = torch.device("cpu")
+
+
+class LookupLogits(nn.Module):
+    """Returns the hand-written logits row of each sample: the input holds the sample's row number."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.tensor(table), requires_grad=False)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.table[rows[:, 0].long()]
+
+
+def _batches(labels: list[int], batch_size: int = 2) -> list[tuple[torch.Tensor, torch.Tensor, list]]:
+    """Loader-shaped batches ``(inputs, labels, boxes)``; input ``i`` selects logits row ``i``."""
+    rows = torch.arange(len(labels), dtype=torch.float32)[:, None]
+    targets = torch.tensor(labels)
+    return [(rows[i:i + batch_size], targets[i:i + batch_size], []) for i in range(0, len(labels), batch_size)]
+
+
+def test_top1_and_top5_by_hand():
+    table = [
+        [9, 1, 2, 3, 4, 5],  # label 0 ranked 1st: top-1 and top-5 hit
+        [1, 2, 9, 8, 0, 0.5],  # label 3 ranked 2nd: top-5 hit only
+        [0, 1, 2, 3, 4, 5],  # label 0 ranked 6th: miss
+        [0, 0, 0, 0, 0, 7],  # label 5 ranked 1st
+    ]
+    result = accuracy(LookupLogits(table), _batches([0, 3, 0, 5]), CPU, progress=False)
+    assert result == {"top1": 0.5, "top5": 0.75, "n": 4}
+
+
+def test_top5_is_top_k_when_there_are_fewer_than_5_classes():
+    table = [[3, 2, 1], [3, 2, 1], [1, 2, 3]]  # labels ranked 1st, 3rd, 2nd
+    result = accuracy(LookupLogits(table), _batches([0, 2, 1]), CPU, progress=False)
+    assert result["top1"] == pytest.approx(1 / 3)
+    assert result["top5"] == 1.0
+
+
+def test_macs_of_one_conv_by_hand():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    assert count_macs(conv, (10, 12)) == 8 * 3 * 3 * 3 * 10 * 12
+
+
+def test_macs_of_a_strided_grouped_conv_and_a_linear_by_hand():
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, kernel_size=3, stride=2, padding=1, groups=2, bias=False),  # 16x16 -> 8x8
+        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    conv_macs = 8 * (4 // 2) * 3 * 3 * 8 * 8
+    assert count_macs(model, 16) == conv_macs + 8 * 10
+
+
+def test_count_macs_restores_training_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    before = model[1].running_mean.clone()
+    count_macs(model, 8)
+    assert model.training
+    assert torch.equal(model[1].running_mean, before)  # counted in eval mode: BN statistics untouched
+
+
+def test_params_by_hand():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(8, 2))
+    assert count_params(model) == (8 * 3 * 3 * 3 + 8) + (8 * 2 + 2)
+
+
+def test_file_size(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"x" * 123)
+    assert file_size(path) == 123
+    with pytest.raises(UserError, match="not found"):
+        file_size(tmp_path / "missing.pt")
+
+
+def _small_convnet() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+
+
+def test_latency_is_a_positive_finite_number_of_milliseconds():
+    latency = measure_latency(_small_convnet(), batch=4, input_size=(16, 16), device=CPU, warmup=1, reps=3)
+    assert math.isfinite(latency) and latency > 0
+
+
+def test_evaluate_model_reports_accuracy_size_and_latencies():
+    torch.manual_seed(0)
+    model = _small_convnet()
+    images = torch.randn(6, 3, 16, 16)
+    labels = model(images).argmax(1)  # the model's own predictions: top-1 must be 1
+    loader = [(images[:4], labels[:4], []), (images[4:], labels[4:], [])]
+    metrics = evaluate_model(model, loader, CPU, (16, 16), latency_batches=(1, 2), latency_reps=2, progress=False)
+    assert metrics["top1"] == 1.0 and metrics["top5"] == 1.0 and metrics["n"] == 6
+    assert metrics["params"] == count_params(model)
+    assert metrics["macs"] == 4 * 3 * 9 * 16 * 16 + 4 * 3
+    for batch in (1, 2):
+        assert metrics[f"latency_ms_cpu_b{batch}"] > 0
+        assert (f"latency_ms_cuda_b{batch}" in metrics) == torch.cuda.is_available()
+    assert metrics["cpu_name"] and metrics["cpu_threads"] >= 1

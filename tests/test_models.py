@@ -1,0 +1,154 @@
+import functools
+import time
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mapex.io import UserError
+from mapex.models import ARCHS, build_model, classifier_name, first_conv_name, restrict_classes
+
+
+@functools.lru_cache(maxsize=None)
+def _built(arch: str, stem: str) -> nn.Module:
+    """Each model once per session (VGG-16 takes seconds to initialise); callers must not modify it."""
+    torch.manual_seed(0)
+    return build_model(arch, 10, stem=stem).eval()
+
+
+def _last_feature_map_side(model: nn.Module, arch: str) -> int:
+    """Side of the feature map that reaches the global pool, for a 64×64 input."""
+    body = model.layer4 if arch.startswith("resnet") else model.features
+    shapes = []
+    handle = body.register_forward_hook(lambda module, inputs, output: shapes.append(output.shape))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64))
+    handle.remove()
+    return shapes[0][-1]
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "small"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_and_stem_classifies_64px_images(arch, stem):
+    model = _built(arch, stem)
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("arch", "imagenet_side", "small_side"), [
+    ("resnet18", 2, 8),
+    ("resnet34", 2, 8),
+    ("mobilenet_v2", 2, 4),
+    ("vgg16_bn", 2, 2),
+])
+def test_small_stem_keeps_larger_feature_maps(arch, imagenet_side, small_side):
+    assert _last_feature_map_side(_built(arch, "imagenet"), arch) == imagenet_side
+    assert _last_feature_map_side(_built(arch, "small"), arch) == small_side
+
+
+def test_small_resnet_stem_is_3x3_stride_1_without_maxpool():
+    model = _built("resnet18", "small")
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+
+
+def test_small_vgg_replaces_the_4096_wide_classifier_by_pool_and_one_linear():
+    imagenet, small = _built("vgg16_bn", "imagenet"), _built("vgg16_bn", "small")
+    assert isinstance(small.avgpool, nn.AdaptiveAvgPool2d) and small.avgpool.output_size == 1
+    assert isinstance(small.classifier, nn.Linear) and small.classifier.in_features == 512
+    assert sum(p.numel() for p in imagenet.parameters()) - sum(p.numel() for p in small.parameters()) > 100_000_000
+
+
+@pytest.mark.parametrize(("arch", "stem", "classifier", "first_conv"), [
+    ("resnet18", "imagenet", "fc", "conv1"),
+    ("vgg16_bn", "imagenet", "classifier.6", "features.0"),
+    ("vgg16_bn", "small", "classifier", "features.0"),
+    ("mobilenet_v2", "small", "classifier.1", "features.0.0"),
+    ("tiny-cnn", "small", "5", "0.0"),
+    ("tiny-resnet", "small", "fc", "conv1"),
+])
+def test_classifier_and_first_conv_names(arch, stem, classifier, first_conv):
+    model = _built(arch, stem)
+    assert classifier_name(model) == classifier
+    assert first_conv_name(model) == first_conv
+    assert isinstance(model.get_submodule(classifier), nn.Linear)
+    assert isinstance(model.get_submodule(first_conv), nn.Conv2d)
+
+
+@pytest.mark.parametrize("arch", ["tiny-resnet", "mobilenet_v2"])
+def test_restricted_model_logits_are_the_selected_original_logits(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 20, stem="small").eval()
+    keep = [17, 3, 0, 9, 12]
+    task_model = restrict_classes(model, keep).eval()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        # Equal up to float rounding: a 5-row matrix product may sum in another order than a 20-row one.
+        torch.testing.assert_close(task_model(images), model(images)[:, keep], rtol=1e-5, atol=1e-12)
+    assert model.get_submodule(classifier_name(model)).out_features == 20  # the original is untouched
+
+
+@pytest.mark.parametrize("keep", [[], [1, 1], [20], [-1]])
+def test_restrict_classes_rejects_bad_indices(keep):
+    with pytest.raises(UserError):
+        restrict_classes(build_model("tiny-cnn", 20), keep)
+
+
+def test_unknown_arch_lists_the_valid_ones():
+    with pytest.raises(UserError, match="resnet18, resnet34, vgg16_bn, mobilenet_v2, tiny-cnn"):
+        build_model("resnet1000", 10)
+
+
+def test_unknown_stem_is_a_user_error():
+    with pytest.raises(UserError, match="imagenet, small"):
+        build_model("resnet18", 10, stem="huge")
+
+
+def test_pretrained_offline_fails_at_once_without_a_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
+    started = time.perf_counter()
+    with pytest.raises(UserError) as error:
+        build_model("resnet18", 20, pretrained=True)
+    assert time.perf_counter() - started < 5
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("pretrained weights for resnet18 are not available offline")
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert message.endswith("or set pretrained: false")
+
+
+def test_pretrained_loads_cached_weights_and_replaces_the_classifier(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), cached)
+    # The real loader also checks the file's hash against its name, which a made-up file cannot pass.
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url",
+                        lambda url, *args, **kwargs: torch.load(cached.parent / url.rsplit("/", 1)[-1]))
+    model = build_model("resnet18", 20, stem="small", pretrained=True)
+    assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert model.fc.out_features == 20
+    assert model.conv1.kernel_size == (3, 3)
+
+
+def test_a_corrupt_cached_file_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not be loaded"):
+        build_model("resnet18", 20, pretrained=True)
+
+
+def test_tiny_nets_have_no_pretrained_weights():
+    with pytest.raises(UserError, match="no pretrained weights for tiny-cnn"):
+        build_model("tiny-cnn", 5, pretrained=True)

@@ -1,0 +1,174 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mapex.io import UserError, load_torch
+from mapex.train import FitResult, TrainConfig, fit
+
+CLASSES, SAMPLES, SIDE = 4, 96, 8
+CPU = torch.device("cpu")
+
+
+class NoisyBlobs(Dataset):
+    """Class-dependent patterns plus per-read noise from the global RNG (as random augmentation draws).
+
+    ``kill_after`` reads, it raises ``KeyboardInterrupt``: a run killed part-way through an epoch.
+    """
+
+    def __init__(self, kill_after: int | None = None) -> None:
+        generator = torch.Generator().manual_seed(123)
+        self.centres = torch.randn(CLASSES, 3, SIDE, SIDE, generator=generator)
+        self.labels = torch.arange(SAMPLES) % CLASSES
+        self.reads_left = kill_after
+
+    def __len__(self) -> int:
+        return SAMPLES
+
+    def __getitem__(self, index: int):
+        if self.reads_left is not None:
+            if self.reads_left == 0:
+                raise KeyboardInterrupt("killed")
+            self.reads_left -= 1
+        label = self.labels[index]
+        image = self.centres[label] + 0.8 * torch.randn(3, SIDE, SIDE)
+        return image, label, torch.tensor([[0.0, 0.0, SIDE, SIDE]])
+
+
+def _loaders(kill_after: int | None = None) -> tuple[DataLoader, DataLoader]:
+    train = DataLoader(NoisyBlobs(kill_after), batch_size=16, shuffle=True, generator=torch.Generator())
+    val = DataLoader(NoisyBlobs(), batch_size=32)
+    return train, val
+
+
+def _model(init_seed: int = 0) -> nn.Module:
+    torch.manual_seed(init_seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES),
+    )
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(epochs=3, batch_size=16, lr=0.1, weight_decay=5e-4, momentum=0.9,
+                       label_smoothing=0.1, seed=7)
+    return dataclasses.replace(base, **changes)
+
+
+def _fit(checkpoint_dir, model=None, kill_after=None, **changes) -> FitResult:
+    train, val = _loaders(kill_after)
+    return fit(model or _model(), train, val, _config(**changes), checkpoint_dir, CPU, progress=False)
+
+
+def _without_seconds(history):
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in history]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_loss_decreases_and_history_has_every_field(tmp_path):
+    result = _fit(tmp_path, epochs=4)
+    history = result.history
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert set(history[0]) == {"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds"}
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_top1"] > 0.5  # chance is 0.25
+    best = max(row["val_top1"] for row in history)
+    assert result.best_epoch == max(row["epoch"] for row in history if row["val_top1"] == best)
+    assert (tmp_path / "last.pt").is_file()
+
+
+def test_the_returned_model_holds_the_best_weights(tmp_path):
+    model = _model()
+    result = _fit(tmp_path, model=model)
+    _assert_same_weights(model.state_dict(), result.best_state)
+
+
+def test_same_seed_gives_identical_history_and_weights(tmp_path):
+    first, second = _fit(tmp_path / "a"), _fit(tmp_path / "b")
+    assert _without_seconds(first.history) == _without_seconds(second.history)
+    _assert_same_weights(first.best_state, second.best_state)
+    other_seed = _fit(tmp_path / "c", seed=8)
+    assert _without_seconds(other_seed.history) != _without_seconds(first.history)
+
+
+@pytest.mark.parametrize("killed_in_epoch", [2, 3])
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_in_epoch):
+    uninterrupted = _fit(tmp_path / "whole")
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(resumed_dir, kill_after=(killed_in_epoch - 1) * SAMPLES + 20)
+    assert len(load_torch(resumed_dir / "last.pt")["history"]) == killed_in_epoch - 1
+    # A new process would build the model afresh, with another initialisation: the checkpoint wins.
+    resumed = _fit(resumed_dir, model=_model(init_seed=99))
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    _assert_same_weights(resumed.best_state, uninterrupted.best_state)
+    assert torch.equal(load_torch(resumed_dir / "last.pt")["model"]["6.weight"],
+                       load_torch(tmp_path / "whole" / "last.pt")["model"]["6.weight"])
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    first = _fit(tmp_path)
+    again = _fit(tmp_path, kill_after=0)  # any read of training data would raise
+    assert again.history == first.history
+    _assert_same_weights(again.best_state, first.best_state)
+
+
+def test_resuming_under_another_config_is_refused(tmp_path):
+    _fit(tmp_path, epochs=1)
+    with pytest.raises(UserError, match="epochs: 1 -> 3"):
+        _fit(tmp_path, epochs=3)
+
+
+class PoisonedAt(nn.Module):
+    """Passes ``inner``'s logits through, but makes them NaN at training forward number ``call``."""
+
+    def __init__(self, inner: nn.Module, call: int) -> None:
+        super().__init__()
+        self.inner, self.call, self.calls = inner, call, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.call:
+                return logits * float("nan")
+        return logits
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    steps_per_epoch = SAMPLES // 16
+    clean = _fit(tmp_path / "clean", model=PoisonedAt(_model(), call=-1))
+    with pytest.raises(UserError, match=r"non-finite loss at epoch 2 step 3; last good checkpoint kept at .*last\.pt"):
+        _fit(tmp_path / "nan", model=PoisonedAt(_model(), call=steps_per_epoch + 3))
+    kept = load_torch(tmp_path / "nan" / "last.pt")
+    assert _without_seconds(kept["history"]) == _without_seconds(clean.history[:1])
+    assert all(torch.isfinite(tensor).all() for tensor in kept["model"].values() if tensor.is_floating_point())
+
+
+def test_a_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path):
+    with pytest.raises(UserError, match="epoch 1 step 1; no checkpoint was written yet"):
+        _fit(tmp_path, model=PoisonedAt(_model(), call=1))
+
+
+def test_max_steps_per_epoch_caps_the_batches(tmp_path):
+    model = PoisonedAt(_model(), call=-1)
+    _fit(tmp_path, model=model, epochs=2, max_steps_per_epoch=2)
+    assert model.calls == 4
+
+
+def test_unknown_schedule_is_a_user_error():
+    with pytest.raises(UserError, match="onecycle, cosine"):
+        _config(schedule="step")
+
+
+def test_cosine_schedule_ends_near_zero(tmp_path):
+    result = _fit(tmp_path, schedule="cosine", epochs=2)
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)

@@ -1,0 +1,126 @@
+"""End to end: the CI config through Snakemake and through `dvc repro`, and the two side by side.
+
+These run the real pipeline (fetch, baseline training, every criterion, two ratios, fine-tuning,
+evaluation, tables and figures) on a small subset, each in its own copy of the repository.
+"""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+CI_CONFIG = "config/ci.yaml"
+FIGURES = ["accuracy_vs_ratio", "accuracy_vs_macs", "filters_per_layer", "response_maps", "samples_study", "training_curves"]
+
+
+def _copy_repo(dest: Path) -> Path:
+    """The repository's files as a fresh clone would have them (tracked and not-ignored ones)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).symlink_to(source.readlink())
+        elif source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=dest, check=True)
+    return dest
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+def _assert_results_complete(root: Path) -> pd.DataFrame:
+    params = yaml.safe_load((root / CI_CONFIG).read_text())
+    table = pd.read_csv(root / "results/tables/summary.csv")
+    assert set(table["criterion"]) == {"none", *params["prune"]["criteria"]}
+    markdown = (root / "results/tables/summary.md").read_text()
+    for criterion in params["prune"]["criteria"]:
+        assert criterion in markdown
+    for figure in FIGURES:
+        for suffix in (".png", ".pdf"):
+            assert (root / "results/figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
+    return table
+
+
+@pytest.fixture(scope="module")
+def snakemake_tree(tmp_path_factory) -> Path:
+    root = _copy_repo(tmp_path_factory.mktemp("snakemake"))
+    _run(["snakemake", "--cores", "2", "--configfile", CI_CONFIG], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dvc_tree(tmp_path_factory) -> Path:
+    root = _copy_repo(tmp_path_factory.mktemp("dvc"))
+    shutil.copy(root / CI_CONFIG, root / "params.yaml")
+    _run(["dvc", "repro"], root)
+    return root
+
+
+def test_snakemake_produces_every_table_and_figure(snakemake_tree):
+    _assert_results_complete(snakemake_tree)
+
+
+def test_dvc_repro_produces_the_same_numbers(snakemake_tree, dvc_tree):
+    snake = _assert_results_complete(snakemake_tree).set_index(["criterion", "ratio"])
+    dvc = _assert_results_complete(dvc_tree).set_index(["criterion", "ratio"])
+    columns = ["top1_pct_mean", "params_m_mean", "macs_m_mean"]
+    pd.testing.assert_frame_equal(snake[columns].sort_index(), dvc[columns].sort_index())
+
+
+def test_after_snakemake_dvc_commit_then_repro_retrains_nothing(snakemake_tree):
+    model = snakemake_tree / "work/baseline/model.pt"
+    stamp = model.stat().st_mtime_ns
+    _run(["dvc", "commit", "-f"], snakemake_tree)
+    output = _run(["dvc", "repro"], snakemake_tree)
+    assert "Running stage" not in output, output[-2000:]
+    assert model.stat().st_mtime_ns == stamp
+
+
+def test_after_dvc_repro_snakemake_finds_nothing_to_do(dvc_tree):
+    output = _run(["snakemake", "-n"], dvc_tree)
+    assert "Nothing to be done" in output, output[-3000:]
+
+
+def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
+    params = yaml.safe_load((snakemake_tree / CI_CONFIG).read_text())
+    params["prune"]["ratios"].append(0.45)
+    (snakemake_tree / CI_CONFIG).write_text(yaml.safe_dump(params))  # edited in place, as a user would
+    output = _run(["snakemake", "-n", "--configfile", CI_CONFIG], snakemake_tree)
+    stats = _job_counts(output)
+    criteria = len(params["prune"]["criteria"])
+    assert stats == {"prune": criteria, "finetune": criteria, "evaluate": criteria, "report": 1, "default": 1}, stats
+
+
+def test_adding_a_ratio_under_dvc_reruns_only_the_new_stages(dvc_tree):
+    params = yaml.safe_load((dvc_tree / "params.yaml").read_text())
+    params["prune"]["ratios"].append(0.45)
+    (dvc_tree / "params.yaml").write_text(yaml.safe_dump(params))
+    output = _run(["dvc", "repro", "--dry"], dvc_tree)
+    ran = {line.split("'")[1].split("@")[0] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {"prune", "finetune", "evaluate", "report"}, output[-3000:]
+    assert "@" in output and "-0.45-" in output
+
+
+def _job_counts(dry_run_output: str) -> dict[str, int]:
+    lines = dry_run_output.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
