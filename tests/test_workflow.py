@@ -19,7 +19,10 @@ FIGURES = ["accuracy_vs_ratio", "accuracy_vs_macs", "filters_per_layer", "respon
 
 
 def _copy_repo(dest: Path) -> Path:
-    """The repository's files as a fresh clone would have them (tracked and not-ignored ones)."""
+    """The repository's files as a fresh clone would have them, with the CI config as params.yaml.
+
+    Both orchestrators then read the same params.yaml, as they do for a user.
+    """
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split("\n")
     for name in filter(None, listed):
@@ -30,6 +33,7 @@ def _copy_repo(dest: Path) -> Path:
         elif source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
+    shutil.copy(dest / CI_CONFIG, dest / "params.yaml")
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=dest, check=True)
@@ -43,7 +47,7 @@ def _run(command: list[str], cwd: Path) -> str:
 
 
 def _assert_results_complete(root: Path) -> pd.DataFrame:
-    params = yaml.safe_load((root / CI_CONFIG).read_text())
+    params = yaml.safe_load((root / "params.yaml").read_text())
     table = pd.read_csv(root / "results/tables/summary.csv")
     assert set(table["criterion"]) == {"none", *params["prune"]["criteria"]}
     markdown = (root / "results/tables/summary.md").read_text()
@@ -58,14 +62,13 @@ def _assert_results_complete(root: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def snakemake_tree(tmp_path_factory) -> Path:
     root = _copy_repo(tmp_path_factory.mktemp("snakemake"))
-    _run(["snakemake", "--cores", "2", "--configfile", CI_CONFIG], root)
+    _run(["snakemake", "--cores", "2"], root)
     return root
 
 
 @pytest.fixture(scope="module")
 def dvc_tree(tmp_path_factory) -> Path:
     root = _copy_repo(tmp_path_factory.mktemp("dvc"))
-    shutil.copy(root / CI_CONFIG, root / "params.yaml")
     _run(["dvc", "repro"], root)
     return root
 
@@ -95,14 +98,22 @@ def test_after_dvc_repro_snakemake_finds_nothing_to_do(dvc_tree):
     assert "Nothing to be done" in output, output[-3000:]
 
 
-def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
-    params = yaml.safe_load((snakemake_tree / CI_CONFIG).read_text())
-    params["prune"]["ratios"].append(0.45)
-    (snakemake_tree / CI_CONFIG).write_text(yaml.safe_dump(params))  # edited in place, as a user would
-    output = _run(["snakemake", "-n", "--configfile", CI_CONFIG], snakemake_tree)
-    stats = _job_counts(output)
-    criteria = len(params["prune"]["criteria"])
-    assert stats == {"prune": criteria, "finetune": criteria, "evaluate": criteria, "report": 1, "default": 1}, stats
+def test_dvc_push_and_pull_round_trip_the_models(dvc_tree):
+    import hashlib
+
+    model = dvc_tree / "work/baseline/model.pt"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    _run(["dvc", "push"], dvc_tree)
+    shutil.rmtree(dvc_tree / ".dvc/cache")
+    model.unlink()
+    _run(["dvc", "pull"], dvc_tree)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+    assert "up to date" in _run(["dvc", "status"], dvc_tree)
+
+
+def test_snakemake_report_bundles_the_figures(snakemake_tree):
+    _run(["snakemake", "--report", "results/report.html"], snakemake_tree)
+    assert (snakemake_tree / "results/report.html").stat().st_size > 100_000
 
 
 def test_adding_a_ratio_under_dvc_reruns_only_the_new_stages(dvc_tree):
@@ -113,6 +124,16 @@ def test_adding_a_ratio_under_dvc_reruns_only_the_new_stages(dvc_tree):
     ran = {line.split("'")[1].split("@")[0] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == {"prune", "finetune", "evaluate", "report"}, output[-3000:]
     assert "@" in output and "-0.45-" in output
+
+
+def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
+    params = yaml.safe_load((snakemake_tree / "params.yaml").read_text())
+    params["prune"]["ratios"].append(0.45)
+    (snakemake_tree / "params.yaml").write_text(yaml.safe_dump(params))  # edited in place, as a user would
+    output = _run(["snakemake", "-n"], snakemake_tree)
+    stats = _job_counts(output)
+    criteria = len(params["prune"]["criteria"])
+    assert stats == {"prune": criteria, "finetune": criteria, "evaluate": criteria, "report": 1, "default": 1}, stats
 
 
 def _job_counts(dry_run_output: str) -> dict[str, int]:
