@@ -115,6 +115,7 @@ def _voc_archive(tmp_path: Path) -> tuple[Path, str]:
             images[image_id] = [(name, 4 + c, 5, 20 + c, 26)]
             sets["test" if i >= 10 else "trainval"].append(image_id)
     root = make_voc(tmp_path / "voc" / "myvoc", images, sets)
+    (root / "JPEGImages" / "cat03.jpg").unlink()  # a missing image: skipped by default, and counted
     archive = tmp_path / "myvoc.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(root, arcname="myvoc")
@@ -156,6 +157,7 @@ def test_a_voc_dataset_goes_through_every_stage(tmp_path, monkeypatch):
     baseline = json.loads((tmp_path / "base.json").read_text())
     run = json.loads((tmp_path / "run.json").read_text())
     assert baseline["n_classes"] == 3 and baseline["n"] == 12
+    assert baseline["skipped_samples"] == {"missing-image": 1}
     assert run["n"] == 8 and run["criterion"] == "map-ex" and run["ratio"] == 0.5
     assert run["params"] < baseline["params"] and 0 < run["macs_removed"] < 1
 

@@ -54,6 +54,7 @@ class TaskData:
     task_train: Any
     task_val: Any
     task_test: Any
+    skipped: dict[str, int]  # dataset problems skipped by policy, per kind (both splits)
 
     @property
     def task_class_indices(self) -> list[int]:
@@ -64,20 +65,26 @@ def _test_split_name(fmt: str) -> str:
     return "val" if fmt == "tiny-imagenet" else "test"
 
 
-def _read_split(root: Path, data_params: dict[str, Any], split: str):
+def _read_split(root: Path, data_params: dict[str, Any], split: str, problems):
+    """One split of the dataset; problems the policy skips are recorded in ``problems``."""
     from mapex import data
 
     if data_params["format"] == "tiny-imagenet":
         return data.read_dataset(root, "tiny-imagenet", split)
-    from mapex.data.formats import ProblemPolicy, read_formatted
+    from mapex.data.formats import read_formatted
 
-    return read_formatted(
-        root,
-        data_params["format"],
-        split,
-        policy=ProblemPolicy.from_dict(data_params["problems"]),
-        label_rule=data_params["label_rule"],
-    )
+    return read_formatted(root, data_params["format"], split, problems=problems, label_rule=data_params["label_rule"])
+
+
+def _skipped_per_kind(problems) -> dict[str, int]:
+    """Log each skipped sample once (a reader may see it for both splits) and count them per kind."""
+    unique = {(p.kind, p.file): p.detail for p in problems.problems}
+    for (kind, file), detail in sorted(unique.items()):
+        log.warning("skipped %s: %s (%s)", file, kind, detail)
+    counts: dict[str, int] = {}
+    for kind, _ in unique:
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _capped(index, cap: int | None, seed: int):
@@ -101,8 +108,11 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path) -> TaskData:
         raise UserError(f"{root}: dataset folder not found (run `mapex fetch` first)")
     dp = params["data"]
     seed = params["train"]["seed"]
-    train_all = _capped(_read_split(root, dp, "train"), dp["max_per_class"], seed)
-    test = _capped(_read_split(root, dp, _test_split_name(dp["format"])), dp["max_test_per_class"], seed)
+    from mapex.data.formats import ProblemLog, ProblemPolicy
+
+    problems = ProblemLog(policy=ProblemPolicy.from_dict(dp["problems"]))
+    train_all = _capped(_read_split(root, dp, "train", problems), dp["max_per_class"], seed)
+    test = _capped(_read_split(root, dp, _test_split_name(dp["format"]), problems), dp["max_test_per_class"], seed)
     source_train, source_val = stratified_split(train_all, dp["val_fraction"], seed)
     task = dp["task_classes"]
     return TaskData(
@@ -113,6 +123,7 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path) -> TaskData:
         task_train=select_classes(source_train, task),
         task_val=select_classes(source_val, task),
         task_test=select_classes(test, task),
+        skipped=_skipped_per_kind(problems),
     )
 
 
@@ -219,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = evaluate_model(model, test_loader, _device(params), _input_size(params),
                              latency_batches=tuple(params["evaluate"]["latency_batches"]),
                              latency_reps=params["evaluate"]["latency_reps"])
-    metrics.update(best_epoch=fitted["best_epoch"], n_classes=len(task.source_classes),
+    metrics.update(best_epoch=fitted["best_epoch"], n_classes=len(task.source_classes), skipped_samples=task.skipped,
                    val_top1=max(h["val_top1"] for h in fitted["history"]))
     write_json(args.metrics, metrics)
 
