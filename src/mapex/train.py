@@ -45,14 +45,14 @@ StateDict = dict[str, Tensor]
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one fit. The defaults are the tuned Tiny-ImageNet-20 ResNet-18 baseline.
+    """Hyperparameters of one fit. The defaults are params.yaml's Tiny-ImageNet-20 ResNet-18 baseline.
 
     ``schedule``: ``onecycle`` (warm-up then annealing; from scratch) or ``cosine`` (annealing from
     ``lr`` to 0, no warm-up; fine-tuning). Both step once per batch.
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
     """
 
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 0.2
     weight_decay: float = 5e-4
