@@ -133,7 +133,7 @@ def test_adding_a_ratio_under_dvc_reruns_only_the_new_stages(dvc_tree):
 def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
     params = yaml.safe_load((snakemake_tree / "params.yaml").read_text())
     params["prune"]["ratios"].append(0.45)
-    (snakemake_tree / "params.yaml").write_text(yaml.safe_dump(params))  # edited in place, as a user would
+    (snakemake_tree / "params.yaml").write_text(yaml.safe_dump(params))  # in place; keys reordered too
     output = _run(["snakemake", "-n"], snakemake_tree)
     stats = _job_counts(output)
     criteria = len(params["prune"]["criteria"])
