@@ -52,7 +52,7 @@ class TrainConfig:
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
     """
 
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 0.2
     weight_decay: float = 5e-4
