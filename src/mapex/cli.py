@@ -248,8 +248,6 @@ def _score_batches(params: dict[str, Any], index, seed: int):
 
 
 def _compute_scores(params, model, criterion_name: str, index, seed: int) -> dict:
-    from mapex.criteria import get_criterion
-
     criterion = _make_criterion(params, criterion_name, seed)
     if criterion.needs_data:
         batches = _score_batches(params, index, seed)
