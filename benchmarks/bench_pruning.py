@@ -1,26 +1,27 @@
 """Does pruning pay off in CPU latency? MAC reduction against measured speedup (target >= 0.6).
 
     python benchmarks/bench_pruning.py                          # ratios 0.3 0.5 0.7, batch 64
-    python benchmarks/bench_pruning.py --round-to 8 --channels-last
+    python benchmarks/bench_pruning.py --round-to 8
 
 ResNet-18 (torchvision stem, random weights, 20-class head) at 64x64, pruned with the ``l1``
-criterion (local ranking, first conv and classifier exempt). Latency: batch 64 in eval and
-inference mode, torch's default thread count (or ``--threads``), warm-up runs, then the median of ``--reps`` runs,
-the unpruned and the pruned model measured alternately in the same process so that load from
-other processes hits both alike. PASS when speedup / (MAC reduction factor) >= 0.6.
+criterion (local ranking, first conv and classifier exempt). Latency is what the evaluation
+reports: ``mapex.evaluate.measure_latency`` (eval and inference mode, channels-last on the CPU),
+batch 64, torch's default thread count (or ``--threads``), warm-up runs, then the median of
+``--reps`` runs, the unpruned and the pruned model measured alternately in the same process so
+that load from other processes hits both alike. PASS when speedup / (MAC reduction factor) >= 0.6.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 import torchvision
 from torch import nn
 
 from mapex.criteria import get_criterion
+from mapex.evaluate import measure_latency
 from mapex.prune import PruneReport, prune_model
 
 TARGET = 0.6
@@ -40,27 +41,15 @@ def pruned_copy(
     return pruned, prune_model(pruned, criterion, ratio, example, round_to=round_to)
 
 
-def prepare(model: nn.Module, images: torch.Tensor, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
-    if channels_last:
-        return model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
-    return model, images
-
-
-def seconds(model: nn.Module, images: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(images)
-    return time.perf_counter() - start
-
-
-def interleaved_medians(models: list[nn.Module], images: torch.Tensor, warmup: int, reps: int) -> list[float]:
-    """Median latency of each model, runs alternating between them."""
+def interleaved_medians(models: list[nn.Module], batch: int, size: int, warmup: int, reps: int) -> list[float]:
+    """Median latency (ms) of each model, single runs alternating between them."""
+    cpu = torch.device("cpu")
+    for model in models:
+        measure_latency(model, batch, size, cpu, warmup=warmup, reps=1)
     times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for rep in range(warmup + reps):
-            for model, record in zip(models, times):
-                elapsed = seconds(model, images)
-                if rep >= warmup:
-                    record.append(elapsed)
+    for _ in range(reps):
+        for model, record in zip(models, times):
+            record.append(measure_latency(model, batch, size, cpu, warmup=0, reps=1))
     return [statistics.median(record) for record in times]
 
 
@@ -72,7 +61,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--round-to", type=int, default=None, help="kept channels rounded to a multiple")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for models and input")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -80,25 +68,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     example = torch.randn(1, 3, args.size, args.size)
-    images = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
     model = build(args.seed)
     print(f"ResNet-18, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"round_to={args.round_to}, channels_last={args.channels_last}, median of {args.reps}")
+          f"round_to={args.round_to}, median of {args.reps}")
     header = f"{'ratio':>5} {'MMACs before':>12} {'MMACs after':>11} {'MAC x':>6} " \
              f"{'ms before':>9} {'ms after':>8} {'speedup':>7} {'spd/MACx':>8}  result"
     print(header)
     print("-" * len(header))
     for ratio in args.ratios:
         pruned, report = pruned_copy(model, ratio, example, args.round_to)
-        unpruned, batch = prepare(copy.deepcopy(model), images, args.channels_last)
-        pruned, _ = prepare(pruned, images, args.channels_last)
-        before, after = interleaved_medians([unpruned, pruned], batch, args.warmup, args.reps)
+        before, after = interleaved_medians([copy.deepcopy(model), pruned], args.batch, args.size, args.warmup,
+                                            args.reps)
         mac_factor = report.macs_before / report.macs_after
         speedup = before / after
         efficiency = speedup / mac_factor
         verdict = "PASS" if efficiency >= TARGET else "FAIL"
         print(f"{ratio:>5.2f} {report.macs_before / 1e6:>12.1f} {report.macs_after / 1e6:>11.1f} {mac_factor:>6.2f} "
-              f"{before * 1e3:>9.1f} {after * 1e3:>8.1f} {speedup:>7.2f} {efficiency:>8.2f}  {verdict}")
+              f"{before:>9.1f} {after:>8.1f} {speedup:>7.2f} {efficiency:>8.2f}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,27 @@ def test_bad_params_stop_snakemake_before_any_work_naming_the_key(tmp_path, edit
 def test_snakemake_lint_is_clean():
     result = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _dry_run_jobs(*options: str) -> list[dict[str, str]]:
+    """Each job of a dry run as {"rule", "threads", "resources"} (read from Snakemake's job listing)."""
+    output = subprocess.run(["snakemake", "-n", "--forceall", *options], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    jobs = []
+    for block in output.split("\nrule ")[1:]:
+        fields = dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
+        jobs.append({"rule": block.split(":", 1)[0], **fields})
+    return jobs
+
+
+def test_slurm_profile_sends_gpu_rules_to_the_gpu_partition_with_their_threads():
+    jobs = _dry_run_jobs("--workflow-profile", "workflow/profiles/slurm")
+    assert jobs, "the dry run listed no job"
+    gpu_rules = {"train_baseline", "scores", "finetune", "evaluate", "samples_study"}
+    for job in jobs:
+        resources = dict(item.split("=", 1) for item in job["resources"].split(", "))
+        if job["rule"] in gpu_rules:
+            assert (resources["slurm_partition"], resources["gpu"]) == ("gpu", "1"), job
+            assert int(job["threads"]) == (8 if job["rule"] == "train_baseline" else 4), job
+        else:
+            assert resources["slurm_partition"] == "cpu" and "gpu" not in resources, job

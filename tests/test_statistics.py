@@ -1,6 +1,8 @@
 """Activation taps and Map-EX filter scores: hand-worked cases and an independent naive reference."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,15 @@ import torchvision
 from torch import Tensor, nn
 
 from mapex.io import UserError
-from mapex.statistics import ResponseAccumulator, Tap, activation_taps, filter_scores, tap_activations
+from mapex.statistics import (
+    ResponseAccumulator,
+    Tap,
+    activation_taps,
+    filter_scores,
+    rank_correlation,
+    response_maps,
+    tap_activations,
+)
 
 
 def scores_of(model: nn.Module, batches: list, method: str, score: str) -> dict[str, Tensor]:
@@ -339,3 +349,42 @@ def test_filter_scores_on_resnet18_cover_every_filter():
     assert set(scores) == {n for n, m in modules.items() if isinstance(m, nn.Conv2d)}
     for name, values in scores.items():
         assert values.shape == (modules[name].out_channels,) and torch.isfinite(values).all()
+
+
+# --------------------------------------------------------------------------- rank correlation, response maps
+
+
+def test_rank_correlation_is_spearman_with_ties_averaged_over_layers():
+    import pandas as pd
+
+    generator = torch.Generator().manual_seed(0)
+    reference = {"a": torch.randint(0, 5, (40,), generator=generator).float(), "b": torch.randn(12, generator=generator)}
+    scores = {"a": reference["a"] + torch.randint(0, 3, (40,), generator=generator), "b": -reference["b"] ** 3}
+    expected = [pd.DataFrame({"s": scores[k].numpy(), "r": reference[k].numpy()}).corr(method="spearman").iloc[0, 1]
+                for k in "ab"]
+    assert rank_correlation(scores, reference) == pytest.approx(sum(expected) / 2)
+    assert rank_correlation(reference, reference) == pytest.approx(1.0)
+    assert rank_correlation({"b": -reference["b"]}, {"b": reference["b"]}) == pytest.approx(-1.0)
+
+
+def test_rank_correlation_leaves_out_constant_reference_layers_and_counts_constant_scores_as_zero():
+    reference = {"flat": torch.ones(6), "ramp": torch.arange(6.0), "step": torch.tensor([0.0, 0, 0, 1, 1, 1])}
+    scores = {"flat": torch.arange(6.0), "ramp": torch.arange(6.0).flip(0), "step": torch.zeros(6)}
+    assert rank_correlation(scores, reference) == pytest.approx((-1.0 + 0.0) / 2)
+    assert math.isnan(rank_correlation(scores, {"flat": reference["flat"]}))
+
+
+def test_response_maps_show_the_top_and_bottom_filters_by_score():
+    model = random_small_net()
+    images, _ = random_task(3, size=16)
+    consumed = model.consumed(images)
+    scores = {name: activation.mean((0, 2, 3)) for name, activation in consumed.items()}
+    maps, titles = response_maps(model, images, scores, ["conv1", "conv2"], fraction=0.25)
+    assert maps.shape == (3, 4, 16, 16)
+    assert titles == ["conv1\ntop 25% filters", "conv1\nbottom 25% filters",
+                      "conv2\ntop 25% filters", "conv2\nbottom 25% filters"]
+    best = int(scores["conv1"].argmax())
+    assert torch.allclose(maps[:, 0], consumed["conv1"][:, best], atol=1e-5)  # 16x16 map: no resampling
+    for top, bottom in ((0, 1), (2, 3)):
+        assert maps[:, top].mean() > maps[:, bottom].mean()
+    assert not model.training

@@ -393,19 +393,6 @@ def cmd_report(args: argparse.Namespace) -> None:
         report.plot_training_curves([Path(args.history)], figures / "training_curves")
 
 
-def _layer_rank_correlation(scores: dict, reference: dict) -> float:
-    """Spearman correlation of two score sets, per conv layer, averaged over the layers."""
-    import pandas as pd
-
-    per_layer = [
-        pd.DataFrame({"a": scores[name].double().numpy(), "b": reference[name].double().numpy()})
-        .corr(method="spearman")
-        .iloc[0, 1]
-        for name in reference
-    ]
-    return float(pd.Series(per_layer).mean())
-
-
 def cmd_samples(args: argparse.Namespace) -> None:
     """Pruning in multiple samples: scores from N images per class against scores from all of them."""
     import copy
@@ -415,6 +402,7 @@ def cmd_samples(args: argparse.Namespace) -> None:
     from mapex.data import balanced_subset
     from mapex.evaluate import accuracy
     from mapex.io import write_text
+    from mapex.statistics import rank_correlation
 
     params = _params(args)
     study = params["samples_study"]
@@ -432,7 +420,7 @@ def cmd_samples(args: argparse.Namespace) -> None:
             _prune_task_model(params, pruned, study["criterion"], scores, study["ratio"], seed)
             top1 = accuracy(pruned.to(device), test_loader, device)["top1"]
             rows.append({"criterion": study["criterion"], "n_per_class": n, "seed": seed,
-                         "spearman": _layer_rank_correlation(scores, reference), "top1": top1})
+                         "spearman": rank_correlation(scores, reference), "top1": top1})
             log.info("samples study: N=%d seed=%d -> %s", n, seed, rows[-1])
     write_text(args.out, pd.DataFrame(rows).to_csv(index=False))
 
@@ -440,10 +428,9 @@ def cmd_samples(args: argparse.Namespace) -> None:
 def cmd_response_maps(args: argparse.Namespace) -> None:
     """Mean responses of the top- and bottom-scored Map-EX filters of a few layers, for the figure."""
     import numpy as np
-    import torch
 
     from mapex.data import balanced_subset
-    from mapex.statistics import tap_activations
+    from mapex.statistics import response_maps
 
     params = _params(args)
     task = load_task_data(params, args.data)
@@ -453,30 +440,13 @@ def cmd_response_maps(args: argparse.Namespace) -> None:
     scores = _compute_scores(params, model, "map-ex", samples, seed)
     layers = _display_layers(list(scores))
     images, labels, boxes = next(iter(_loader(params, task.task_test, False, params["response_maps"]["images"], 0)))
-    device = next(model.parameters()).device
-    maps: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, activation: torch.Tensor) -> None:
-        if name in layers:
-            maps[name] = activation.detach().float()
-
-    model.eval()
-    with torch.no_grad(), tap_activations(model, keep):
-        model(images.to(device))
-    panels, titles = [], []
-    for name in layers:
-        order = scores[name].argsort(descending=True)
-        k = max(1, len(order) // 10)
-        for label, chosen in (("top", order[:k]), ("bottom", order[-k:])):
-            mean_map = maps[name][:, chosen.to(maps[name].device)].mean(1, keepdim=True)
-            panels.append(torch.nn.functional.interpolate(mean_map, size=images.shape[-2:], mode="bilinear").squeeze(1).cpu())
-            titles.append(f"{name}\n{label} 10% filters")
+    maps, titles = response_maps(model, images, scores, layers)
     box_rows = [[i, *box.tolist()] for i, image_boxes in enumerate(boxes) for box in image_boxes]
     _save_npz(
         args.out,
         images=_unnormalise(images).numpy(),
         boxes=np.asarray(box_rows, dtype=np.float32).reshape(-1, 5),
-        maps=torch.stack(panels, 1).numpy(),
+        maps=maps.numpy(),
         panel_titles=np.asarray(titles),
         image_titles=np.asarray([task.task_test.names.get(task.task_test.classes[int(y)], task.task_test.classes[int(y)])
                                  for y in labels]),

@@ -75,7 +75,9 @@ def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device:
     ``model`` must already be on ``device``. GPU work is synchronised before each clock read. On the
     CPU the model and input are put in channels-last layout: pruned layers have odd widths (19, 77,
     ...), which in the default layout cost memory-format conversions around every conv and hide
-    the speedup that pruning really buys (see benchmarks/bench_pruning.py).
+    the speedup that pruning really buys: ResNet-18 pruned at 0.7 gave 0.40 of its MAC reduction
+    as speedup in NCHW against 0.73 in channels-last (benchmarks/bench_pruning.py measures this
+    function).
     """
     inputs = _example_input(model, batch, input_size).to(device)
     if device.type == "cpu":

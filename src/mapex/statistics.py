@@ -326,6 +326,65 @@ def filter_scores(
     return accumulator.scores(score)
 
 
+def rank_correlation(scores: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
+    """Spearman correlation of two score sets over each conv layer's filters, averaged over the layers.
+
+    Ties get their average rank. A layer whose reference scores are all equal has no ranking to
+    agree with and is left out (NaN when every layer is such); one whose ``scores`` are all equal
+    ranks nothing and counts as 0. (Leaving those out too would favour small samples: at small
+    ``N`` whole layers can score exactly 0, and the average would then cover only the easy layers.)
+    """
+    layers = [name for name in reference if reference[name].unique().numel() > 1]
+    per_layer = [_pearson(_average_ranks(scores[name]), _average_ranks(reference[name])).nan_to_num(0.0)
+                 for name in layers]
+    return float(torch.stack(per_layer).mean()) if per_layer else float("nan")
+
+
+def _average_ranks(values: Tensor) -> Tensor:
+    _, inverse, counts = torch.unique(values.flatten(), return_inverse=True, return_counts=True)
+    first_rank = counts.cumsum(0) - counts
+    return (first_rank + (counts - 1) / 2).double()[inverse]
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / (a.norm() * b.norm())
+
+
+@torch.no_grad()
+def response_maps(
+    model: nn.Module, images: Tensor, scores: dict[str, Tensor], layers: Sequence[str], fraction: float = 0.1
+) -> tuple[Tensor, list[str]]:
+    """What the best- and worst-scored filters of ``layers`` see in ``images``.
+
+    Per layer, the mean consumed activation of the top and of the bottom ``fraction`` of its
+    filters by score (at least one filter each), upsampled to the images' size. Returns
+    ``[images, 2 * len(layers), H, W]`` CPU maps and one title per panel.
+    """
+    maps: dict[str, Tensor] = {}
+
+    def keep(name: str, activation: Tensor) -> None:
+        if name in layers:
+            maps[name] = activation.detach().float()
+
+    was_training = model.training
+    model.eval()
+    try:
+        with tap_activations(model, keep):
+            model(images.to(_model_device(model)))
+    finally:
+        model.train(was_training)
+    panels, titles = [], []
+    for name in layers:
+        order = scores[name].argsort(descending=True)
+        count = max(1, int(len(order) * fraction))
+        for label, chosen in (("top", order[:count]), ("bottom", order[-count:])):
+            mean_map = maps[name][:, chosen.to(maps[name].device)].mean(1, keepdim=True)
+            panels.append(F.interpolate(mean_map, size=images.shape[-2:], mode="bilinear").squeeze(1).cpu())
+            titles.append(f"{name}\n{label} {fraction:.0%} filters")
+    return torch.stack(panels, 1), titles
+
+
 def _length(batches: Iterable) -> int | None:
     return len(batches) if isinstance(batches, Sized) else None
 
