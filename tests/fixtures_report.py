@@ -49,12 +49,13 @@ def standard_runs(folder: Path, extra_criterion: str | None = None) -> list[Path
 
 def write_samples_csv(path: Path) -> Path:
     """A multiple-samples study: map-ex and map, N in 1, 4, 16, seeds 0 and 1; top1 empty at N=1."""
-    lines = ["criterion,n_per_class,seed,spearman,top1"]
+    lines = ["criterion,n_per_class,seed,spearman,top1_before_finetune,top1"]
     for crit, offset in (("map-ex", 0.0), ("map", -0.1)):
         for n in (1, 4, 16):
             for seed in (0, 1):
                 top1 = "" if n == 1 else f"{0.6 + 0.05 * np.log2(n) + offset + seed / 100:.3f}"
-                lines.append(f"{crit},{n},{seed},{0.5 + 0.1 * np.log2(n) + offset + seed / 50:.3f},{top1}")
+                before = f"{0.3 + 0.02 * np.log2(n) + offset:.3f}"
+                lines.append(f"{crit},{n},{seed},{0.5 + 0.1 * np.log2(n) + offset + seed / 50:.3f},{before},{top1}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -162,6 +162,24 @@ def test_a_voc_dataset_goes_through_every_stage(tmp_path, monkeypatch):
     assert run["params"] < baseline["params"] and 0 < run["macs_removed"] < 1
 
 
+def test_samples_study_prunes_and_fine_tunes_at_every_n(tmp_path, monkeypatch, tiny_imagenet):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    params = str(_tiny_params(tmp_path, {"max_per_class": 20, "max_test_per_class": 5},
+                              train={"epochs": 1}, finetune={"epochs": 1}))
+    _run_cli("train", "--params", params, "--data", str(tiny_imagenet), "--out", "base.pt", "--metrics", "base.json",
+             "--history", "base.csv")
+    _run_cli("samples", "--params", params, "--data", str(tiny_imagenet), "--model", "base.pt", "--out", "study.csv")
+    study = pd.read_csv(tmp_path / "study.csv")
+    ci = yaml.safe_load((REPO / "config/ci.yaml").read_text())["samples_study"]
+    assert list(study["n_per_class"]) == ci["n_per_class"] * len(ci["seeds"])
+    assert study["spearman"].between(-1, 1).all()
+    for column in ("top1_before_finetune", "top1"):
+        assert study[column].between(0, 1).all()
+    assert not (tmp_path / "work/checkpoints").exists() or not any((tmp_path / "work/checkpoints").iterdir())
+
+
 def _train_command(params: Path, data: Path, out: Path) -> list[str]:
     return ["mapex", "train", "--params", str(params), "--data", str(data), "--out", str(out / "model.pt"),
             "--metrics", str(out / "metrics.json"), "--history", str(out / "history.csv")]

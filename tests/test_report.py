@@ -208,17 +208,48 @@ def test_new_criterion_reaches_table_and_figures(tmp_path: Path, legends) -> Non
 def test_filters_per_layer_ratio(tmp_path: Path, runs: pd.DataFrame, legends) -> None:
     report.plot_filters_per_layer(runs, tmp_path / "default")
     report.plot_filters_per_layer(runs, tmp_path / "explicit", ratio=0.6)
-    assert "Filters kept per layer at pruning ratio 0.3" in legends[0]
-    assert "Filters kept per layer at pruning ratio 0.6" in legends[1]
+    assert any(text.startswith("Filters kept per layer at pruning ratio 0.3") for text in legends[0])
+    assert any(text.startswith("Filters kept per layer at pruning ratio 0.6") for text in legends[1])
     assert "unpruned" in legends[0]
     with pytest.raises(UserError, match="ratio 0.9"):
         report.plot_filters_per_layer(runs, tmp_path / "absent", ratio=0.9)
+
+
+def test_filters_per_layer_says_when_every_criterion_keeps_the_same_counts(tmp_path: Path, runs: pd.DataFrame,
+                                                                           legends) -> None:
+    note = "every criterion keeps the same count"
+    report.plot_filters_per_layer(runs, tmp_path / "same")
+    differing = runs.copy()
+    is_l1 = differing["criterion"] == "l1"
+    differing.loc[is_l1, "filters_after"] = [{k: v + 1 for k, v in after.items()} for after in runs.loc[is_l1, "filters_after"]]
+    report.plot_filters_per_layer(differing, tmp_path / "differing")
+    assert any(note in text for text in legends[0])
+    assert not any(note in text for text in legends[1])
+
+
+def test_legends_call_the_reference_the_unpruned_model(tmp_path: Path, runs: pd.DataFrame, legends) -> None:
+    report.plot_accuracy_vs_ratio(runs, tmp_path / "ratio")
+    report.plot_accuracy_vs_macs(runs, tmp_path / "macs")
+    assert "unpruned (none)" in legends[0] and "unpruned (none)" in legends[1]
+    assert "none" not in legends[1]
 
 
 def test_response_maps(tmp_path: Path) -> None:
     stem = tmp_path / "response_maps"
     report.plot_response_maps(write_response_npz(tmp_path / "maps.npz"), stem)
     assert_png_and_pdf(stem)
+
+
+def test_response_maps_label_rows_with_the_first_class_name(tmp_path: Path, monkeypatch) -> None:
+    path = write_response_npz(tmp_path / "maps.npz")
+    arrays = dict(np.load(path))
+    arrays["image_titles"] = np.array(["ladybug, ladybeetle, lady beetle", "volleyball"])
+    np.savez(path, **arrays)
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, stem: figures.append(fig))
+    report.plot_response_maps(path, tmp_path / "out")
+    row_labels = [ax.get_ylabel() for ax in figures[0].axes if ax.get_ylabel() not in ("", "response (a.u.)")]
+    assert row_labels == ["ladybug", "volleyball"]
 
 
 def test_response_maps_missing_array(tmp_path: Path) -> None:
@@ -243,6 +274,18 @@ def test_samples_study(tmp_path: Path, legends) -> None:
     report.plot_samples_study(write_samples_csv(tmp_path / "study.csv"), stem)
     assert_png_and_pdf(stem)
     assert {"map-ex", "map"} <= legends[0]
+
+
+def test_samples_study_without_the_before_fine_tuning_column_has_two_panels(tmp_path: Path, monkeypatch) -> None:
+    import pandas as pd
+
+    path = write_samples_csv(tmp_path / "study.csv")
+    pd.read_csv(path).drop(columns="top1_before_finetune").to_csv(path, index=False)
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, stem: figures.append(fig))
+    report.plot_samples_study(path, tmp_path / "out")
+    assert [ax.get_ylabel() for ax in figures[0].axes] == ["Spearman ρ with all samples",
+                                                          "Test top-1 after pruning\nand fine-tuning (%)"]
 
 
 def test_samples_study_missing_column(tmp_path: Path) -> None:

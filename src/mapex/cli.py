@@ -158,6 +158,16 @@ def _checkpoint_dir(out: Path) -> Path:
     return CHECKPOINT_ROOT / Path(out).with_suffix("").as_posix().replace("/", "__")
 
 
+def _fit(params, model, section, seed, train_index, val_index, checkpoint_dir: Path):
+    """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation."""
+    from mapex.train import fit
+
+    config = _train_config(section, seed)
+    train_loader = _loader(params, train_index, True, config.batch_size, seed)
+    val_loader = _loader(params, val_index, False, config.batch_size, seed)
+    return fit(model, train_loader, val_loader, config, checkpoint_dir, _device(params))
+
+
 def _fit_and_save(params, model, section, seed, train_index, val_index, out: Path, history: Path, meta) -> dict:
     import shutil
 
@@ -165,14 +175,9 @@ def _fit_and_save(params, model, section, seed, train_index, val_index, out: Pat
 
     from mapex.io import write_text
     from mapex.prune import save_pruned
-    from mapex.train import fit
 
-    device = _device(params)
-    config = _train_config(section, seed)
-    train_loader = _loader(params, train_index, True, config.batch_size, seed)
-    val_loader = _loader(params, val_index, False, config.batch_size, seed)
     ckpt = _checkpoint_dir(out)
-    result = fit(model, train_loader, val_loader, config, ckpt, device)
+    result = _fit(params, model, section, seed, train_index, val_index, ckpt)
     model.load_state_dict(result.best_state)
     model.to("cpu")
     write_text(history, pd.DataFrame(result.history).to_csv(index=False))
@@ -394,8 +399,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_samples(args: argparse.Namespace) -> None:
-    """Pruning in multiple samples: scores from N images per class against scores from all of them."""
+    """Pruning in multiple samples: scores from N images per class against scores from all of them,
+    and test top-1 of the model pruned with them, before and after the usual fine-tuning."""
     import copy
+    import shutil
 
     import pandas as pd
 
@@ -410,6 +417,7 @@ def cmd_samples(args: argparse.Namespace) -> None:
     model = _task_model(params, task, args.model)
     device = _device(params)
     test_loader = _loader(params, task.task_test, False, params["statistics"]["batch_size"], 0)
+    checkpoints = _checkpoint_dir(Path(args.out))  # a killed study resumes its fine-tuning runs
     reference = _compute_scores(params, model, study["criterion"], task.task_train, seed=0)
     rows = []
     for seed in study["seeds"]:
@@ -418,11 +426,14 @@ def cmd_samples(args: argparse.Namespace) -> None:
             scores = _compute_scores(params, model, study["criterion"], subset, seed)
             pruned = copy.deepcopy(model).cpu()
             _prune_task_model(params, pruned, study["criterion"], scores, study["ratio"], seed)
-            top1 = accuracy(pruned.to(device), test_loader, device)["top1"]
+            before = accuracy(pruned.to(device), test_loader, device)["top1"]
+            _fit(params, pruned, params["finetune"], seed, task.task_train, task.task_val, checkpoints / f"n{n}_s{seed}")
             rows.append({"criterion": study["criterion"], "n_per_class": n, "seed": seed,
-                         "spearman": rank_correlation(scores, reference), "top1": top1})
+                         "spearman": rank_correlation(scores, reference), "top1_before_finetune": before,
+                         "top1": accuracy(pruned, test_loader, device)["top1"]})
             log.info("samples study: N=%d seed=%d -> %s", n, seed, rows[-1])
     write_text(args.out, pd.DataFrame(rows).to_csv(index=False))
+    shutil.rmtree(checkpoints, ignore_errors=True)
 
 
 def cmd_response_maps(args: argparse.Namespace) -> None:

@@ -43,7 +43,8 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "response_maps": "Task images with their boxes, and the mean response maps of the highest- and "
     "lowest-scored filters of a few layers, with the box drawn on each.",
     "samples_study": "Pruning in multiple samples: rank correlation of the filter scores from N samples "
-    "per class with those from all samples, and test top-1 after pruning with them (mean ± std over seeds).",
+    "per class with those from all samples, and test top-1 of the model pruned with them, before and after "
+    "the usual fine-tuning (mean ± std over seeds).",
     "training_curves": "Training and validation top-1 accuracy per epoch (mean ± std over the given histories).",
 }
 """Figure stem -> one-sentence caption, for the workflow's report ``.rst`` files."""
@@ -279,7 +280,11 @@ def _errorbar_series(ax: Axes, stats: pd.DataFrame, x: str, y: str, styles: dict
         ax.errorbar(part[x] + (i - (len(shown) - 1) / 2) * dodge, part[f"{y}_mean"],
                     yerr=part[f"{y}_std"].fillna(0.0),
                     xerr=None if xerr is None else part[xerr].fillna(0.0),
-                    label=name, capsize=3, elinewidth=1, **styles[name])
+                    label=_label(name), capsize=3, elinewidth=1, **styles[name])
+
+
+def _label(name: str) -> str:
+    return f"unpruned ({REFERENCE})" if name == REFERENCE else name
 
 
 def _decorate(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, legend: bool = True) -> None:
@@ -314,7 +319,7 @@ def plot_accuracy_vs_ratio(runs: pd.DataFrame, out_stem: Path) -> None:
     if not reference.empty:
         mean, std = reference["top1_pct_mean"].iloc[0], reference["top1_pct_std"].fillna(0.0).iloc[0]
         ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
-        ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label="unpruned (none)")
+        ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=_label(REFERENCE))
     _errorbar_series(ax, table[table["criterion"] != REFERENCE], "ratio", "top1_pct",
                      {k: v for k, v in styles.items() if k != REFERENCE})
     ax.set_xticks(sorted(table.loc[table["criterion"] != REFERENCE, "ratio"].unique()))
@@ -355,7 +360,10 @@ def plot_filters_per_layer(runs: pd.DataFrame, out_stem: Path, ratio: float | No
     _errorbar_series(ax, stats, "layer", "filters", styles, dodge=0.6 / len(styles))
     ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=8)
     ax.set_xlim(-0.6, len(layers) - 0.4)
-    _decorate(ax, "Conv layer", "Filters kept (count)", f"Filters kept per layer at pruning ratio {ratio:g}")
+    title = f"Filters kept per layer at pruning ratio {ratio:g}"
+    if len(styles) > 1 and (stats.groupby("layer")["filters_mean"].nunique() == 1).all():
+        title += "\n(every criterion keeps the same count: the ratio applies layer by layer)"
+    _decorate(ax, "Conv layer", "Filters kept (count)", title)
     _save(fig, out_stem)
 
 
@@ -397,7 +405,8 @@ def plot_response_maps(npz_path: Path, out_stem: Path) -> None:
         raise UserError(f"{npz_path}: expected images [n,3,H,W], maps [n,P,H,W] with P >= 1 and P panel titles; "
                         f"found images {images.shape}, maps {maps.shape}, {len(titles)} titles")
     n, panels = maps.shape[:2]
-    row_titles = [str(t) for t in data["image_titles"]] if "image_titles" in data else [""] * n
+    # WordNet-style names ("ladybug, ladybeetle, lady beetle, ...") are cut to their first synonym.
+    row_titles = [str(t).split(",")[0] for t in data["image_titles"]] if "image_titles" in data else [""] * n
     fig, axes = plt.subplots(n, panels + 1, figsize=(2.2 * (panels + 1) + 0.8, 2.2 * n + 0.4), squeeze=False)
     for i in range(n):
         own_boxes = boxes[boxes[:, 0] == i, 1:]
@@ -440,27 +449,35 @@ def _draw_boxes(ax: Axes, boxes: np.ndarray) -> None:
 def plot_samples_study(csv_path: Path, out_stem: Path) -> None:
     """Spearman correlation and top-1 against N samples per class (log x), mean ± std over seeds.
 
-    ``csv_path`` has columns ``criterion, n_per_class, seed, spearman, top1``; ``top1`` is a
-    fraction and may be empty.
+    ``csv_path`` has columns ``criterion, n_per_class, seed, spearman, top1`` and optionally
+    ``top1_before_finetune``; accuracies are fractions and may be empty. Top-1 before and after
+    fine-tuning get a panel each.
     """
     study = _read_csv(Path(csv_path), ("criterion", "n_per_class", "seed", "spearman", "top1"))
-    study = study.assign(top1_pct=pd.to_numeric(study["top1"], errors="coerce") * 100.0,
-                         spearman=pd.to_numeric(study["spearman"], errors="coerce"))
-    stats = study.groupby(["criterion", "n_per_class"])[["spearman", "top1_pct"]].agg(["mean", "std"])
+    panels = [("spearman", "Spearman ρ with all samples")]
+    if "top1_before_finetune" in study:
+        panels.append(("top1_before_finetune_pct", "Test top-1 after pruning,\nbefore fine-tuning (%)"))
+    panels.append(("top1_pct", "Test top-1 after pruning\nand fine-tuning (%)"))
+    study = study.assign(
+        spearman=pd.to_numeric(study["spearman"], errors="coerce"),
+        top1_pct=pd.to_numeric(study["top1"], errors="coerce") * 100.0,
+        top1_before_finetune_pct=pd.to_numeric(study.get("top1_before_finetune", np.nan), errors="coerce") * 100.0,
+    )
+    metrics = [metric for metric, _ in panels]
+    stats = study.groupby(["criterion", "n_per_class"])[metrics].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats = stats.reset_index()
     styles = _styles(study["criterion"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharex=True)
     sizes = sorted(stats["n_per_class"].unique())
-    for ax, metric, label in ((left, "spearman", "Spearman ρ with all samples"),
-                              (right, "top1_pct", "Test top-1 after pruning (%)")):
+    for ax, (metric, label) in zip(axes, panels):
         _errorbar_series(ax, stats, "n_per_class", metric, styles)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [f"{n:g}" for n in sizes])
         ax.minorticks_off()
         if stats[f"{metric}_mean"].isna().all():
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="0.4")
-        _decorate(ax, "Samples per class N (log scale)", label, legend=ax is right)
+        _decorate(ax, "Samples per class N (log scale)", label, legend=ax is axes[-1])
     fig.suptitle("Pruning in multiple samples")
     _save(fig, out_stem)
 
