@@ -76,8 +76,8 @@ def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device:
     CPU the model and input are put in channels-last layout: pruned layers have odd widths (19, 77,
     ...), which in the default layout cost memory-format conversions around every conv and hide
     the speedup that pruning really buys: ResNet-18 pruned at 0.7 gave 0.40 of its MAC reduction
-    as speedup in NCHW against 0.73 in channels-last (benchmarks/bench_pruning.py measures this
-    function).
+    as speedup in NCHW and 0.55-0.58 here in channels-last (benchmarks/bench_pruning.py measures
+    this function).
     """
     inputs = _example_input(model, batch, input_size).to(device)
     if device.type == "cpu":

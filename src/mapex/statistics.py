@@ -312,17 +312,13 @@ def filter_scores(
     geometries = receptive_fields(model, input_size or tuple(first[0].shape[-2:]), graph)
     accumulator = ResponseAccumulator(geometries, method, device)
     taps = activation_taps(model, graph)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), tap_outputs(model, taps, accumulator.add_tapped), _autocast(device, amp):
-            for batch in tqdm(itertools.chain([first], batch_iterator), total=_length(batches),
-                              desc=f"{method} scores", unit="batch", disable=None if progress else True):
-                images = batch[0].to(device)
-                accumulator.start_batch(batch[-1], tuple(images.shape[-2:]))
-                model(images)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.inference_mode(), tap_outputs(model, taps, accumulator.add_tapped), \
+            _autocast(device, amp):
+        for batch in tqdm(itertools.chain([first], batch_iterator), total=_length(batches),
+                          desc=f"{method} scores", unit="batch", disable=None if progress else True):
+            images = batch[0].to(device)
+            accumulator.start_batch(batch[-1], tuple(images.shape[-2:]))
+            model(images)
     return accumulator.scores(score)
 
 
@@ -367,13 +363,8 @@ def response_maps(
         if name in layers:
             maps[name] = activation.detach().float()
 
-    was_training = model.training
-    model.eval()
-    try:
-        with tap_activations(model, keep):
-            model(images.to(_model_device(model)))
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), tap_activations(model, keep):
+        model(images.to(_model_device(model)))
     panels, titles = [], []
     for name in layers:
         order = scores[name].argsort(descending=True)
@@ -392,6 +383,16 @@ def _length(batches: Iterable) -> int | None:
 def _model_device(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for a block, then the model's previous train/eval flag again."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
