@@ -2,10 +2,14 @@ import math
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
-from mapex.evaluate import accuracy, count_macs, count_params, evaluate_model, file_size, measure_latency
+from mapex.criteria import get_criterion
+from mapex.evaluate import (accuracy, count_macs, count_params, deployed_copy, evaluate_model, file_size,
+                            measure_latency)
 from mapex.io import UserError
+from mapex.prune import prune_model
 
 CPU = torch.device("cpu")
 
@@ -104,5 +108,50 @@ def test_evaluate_model_reports_accuracy_size_and_latencies():
     assert metrics["macs"] == 4 * 3 * 9 * 16 * 16 + 4 * 3
     for batch in (1, 2):
         assert metrics[f"latency_ms_cpu_b{batch}"] > 0
+        assert metrics[f"latency_ms_ort_b{batch}"] > 0
         assert (f"latency_ms_cuda_b{batch}" in metrics) == torch.cuda.is_available()
     assert metrics["cpu_name"] and metrics["cpu_threads"] >= 1
+
+
+def _resnet18_with_trained_looking_bn() -> nn.Module:
+    """ResNet-18 whose BatchNorms have non-trivial statistics and affine terms (freshly built ones are
+    the identity in eval mode, which would let a wrong fold pass)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=20)
+    generator = torch.Generator().manual_seed(1)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.normal_(0.0, 0.2, generator=generator)
+        bn.running_var.uniform_(0.5, 2.0, generator=generator)
+        bn.weight.data.uniform_(0.5, 1.5, generator=generator)
+        bn.bias.data.normal_(0.0, 0.2, generator=generator)
+    return model
+
+
+def _pruned(model: nn.Module, ratio: float) -> nn.Module:
+    criterion = get_criterion("l1")
+    criterion.compute(model)
+    prune_model(model, criterion, ratio, torch.zeros(1, 3, 64, 64), round_to=8)
+    return model
+
+
+@pytest.mark.parametrize("ratio", [None, 0.5])
+def test_deployed_copy_folds_every_bn_and_computes_the_same_logits(ratio):
+    model = _resnet18_with_trained_looking_bn()
+    if ratio is not None:
+        model = _pruned(model, ratio)
+    model.train()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    deployed = deployed_copy(model, CPU)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert model.training and sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 20  # left as it was
+    with torch.inference_mode():
+        expected = model.eval()(images)
+        got = deployed(images.contiguous(memory_format=torch.channels_last))
+    assert expected.abs().max() > 0.1  # logits well above the tolerance below
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_measure_latency_leaves_the_model_as_it_was():
+    model = _small_convnet().train()
+    measure_latency(model, batch=2, input_size=8, device=CPU, warmup=0, reps=1)
+    assert model.training and model[0].weight.is_contiguous()  # not switched to channels-last

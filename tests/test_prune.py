@@ -245,3 +245,38 @@ def test_loading_something_else_is_a_user_error(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a pruned model"):
         load_pruned(tmp_path / "other.pt")
+
+
+# --------------------------------------------------------------------------- round_to from params
+
+
+def _ci_params(tmp_path: Path, **prune_edits) -> Path:
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/ci.yaml").read_text())
+    params["prune"].update(prune_edits)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_round_to_defaults_to_8_and_the_prune_stage_uses_it(tmp_path) -> None:
+    from mapex.cli import _prune_task_model
+    from mapex.config import load_params
+
+    params = load_params(_ci_params(tmp_path))
+    assert "round_to" not in params and params["prune"]["round_to"] == 8
+    model = build("resnet18")
+    report = _prune_task_model(params, model, "random", permuted_scores(model), 0.3, seed=0)
+    assert set(report.filters_after.values()) == {64, 48, 88, 176, 360}  # 0.7 x (64, 128, 256, 512), nearest 8
+    model = build("resnet18")
+    params = load_params(_ci_params(tmp_path, round_to=None))
+    exact = _prune_task_model(params, model, "random", permuted_scores(model), 0.3, seed=0)
+    assert set(exact.filters_after.values()) == {64, 45, 90, 179, 358}
+
+
+def test_a_bad_round_to_is_named(tmp_path) -> None:
+    from mapex.config import load_params
+
+    with pytest.raises(UserError, match=r"prune.round_to: 0 is less than the minimum of 1"):
+        load_params(_ci_params(tmp_path, round_to=0))

@@ -303,7 +303,8 @@ def _prune_task_model(params, model, criterion_name: str, scores: dict, ratio: f
 
     criterion = _make_criterion(params, criterion_name, seed, scores=scores)
     example = torch.zeros(1, 3, *_input_size(params))
-    return prune_model(model, criterion, ratio, example, global_pruning=params["prune"]["global"])
+    return prune_model(model, criterion, ratio, example, global_pruning=params["prune"]["global"],
+                       round_to=params["prune"]["round_to"])
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -487,6 +488,13 @@ def _save_npz(path, **arrays) -> None:
         np.savez_compressed(handle, **arrays)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from mapex.export import export_onnx
+
+    model, _ = _load_model(args.model)
+    export_onnx(model, args.out, _input_size(_params(args)))
+
+
 def run_paths(params: dict[str, Any], runs_dir: Path) -> list[Path]:
     """Every evaluation file the params ask for: the unpruned runs, then criterion x ratio x seed."""
     from mapex.pipeline import run_ids
@@ -539,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
          PARAMS, DATA, MODEL, OUT, SEED, THREADS, ("--history", {"required": True}))
     _add(sub, "evaluate", cmd_evaluate, "Test top-1, params, MACs, size and latency of a fine-tuned model.",
          PARAMS, DATA, MODEL, OUT, THREADS, ("--pruned", {"required": True, "help": "the model before fine-tuning"}))
+    _add(sub, "export", cmd_export, "Export a (pruned) model to ONNX, batch axis dynamic.",
+         PARAMS, MODEL, OUT)
     _add(sub, "samples", cmd_samples, "Pruning in multiple samples: score rank correlation and accuracy against N.",
          PARAMS, DATA, MODEL, OUT, THREADS)
     _add(sub, "response-maps", cmd_response_maps, "Response maps of the top/bottom Map-EX filters on a few test images.",

@@ -47,7 +47,8 @@ def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
     data.setdefault("max_per_class", None)
     data.setdefault("max_test_per_class", None)
     model = {"stem": "imagenet", "pretrained": False, **params["model"]}
-    return {**params, "data": data, "model": model}
+    prune = {"round_to": 8, **params["prune"]}
+    return {**params, "data": data, "model": model, "prune": prune}
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

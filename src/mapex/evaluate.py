@@ -8,21 +8,25 @@ BatchNorm, activations and pooling are not counted), so MACs = FLOPs / 2. For a 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.fx.experimental import optimization as fx_optimization
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from mapex.io import UserError
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 InputSize = int | tuple[int, int]
 
@@ -55,8 +59,8 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: InputSize) -> int:
     """Multiply-accumulates of one forward pass on one image of ``input_size`` (H, W) (see module doc)."""
     flop_counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), flop_counter:
-        model(_example_input(model, 1, input_size))
+    with eval_mode(model), torch.no_grad(), flop_counter:
+        model(example_input(model, 1, input_size))
     return flop_counter.get_total_flops() // 2
 
 
@@ -68,30 +72,74 @@ def file_size(path: str | os.PathLike) -> int:
     return path.stat().st_size
 
 
+def deployed_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model as a deployment runs it: an eval-mode copy on ``device`` with every BatchNorm that
+    follows a conv folded into that conv's weights (``torch.fx.experimental.optimization.fuse``),
+    in channels-last layout on the CPU. ``model`` itself is left untouched.
+
+    Folding matters for pruned models: BatchNorm is a memory-bound pass over every activation, so
+    its cost does not shrink with the MACs and it hides part of the speedup pruning buys.
+    Channels-last avoids a memory-format conversion around every conv of odd width on the CPU.
+    """
+    with eval_mode(model):
+        fused = fx_optimization.fuse(model)  # traces and fuses a deep copy
+    fused.eval().to(device)
+    if device.type == "cpu":
+        fused.to(memory_format=torch.channels_last)
+    return fused
+
+
 def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device: torch.device,
                     warmup: int = 3, reps: int = 10) -> float:
-    """Median wall-clock milliseconds of one forward pass of ``batch`` random images on ``device``.
+    """Median wall-clock milliseconds of one forward pass of ``batch`` random images on ``device``,
+    timed on the :func:`deployed_copy` of ``model`` (BN folded, channels-last on the CPU) in
+    inference mode. GPU work is synchronised before each clock read.
 
-    ``model`` must already be on ``device``. GPU work is synchronised before each clock read. On the
-    CPU the model and input are put in channels-last layout: pruned layers have odd widths (19, 77,
-    ...), which in the default layout cost memory-format conversions around every conv and hide
-    the speedup that pruning really buys: ResNet-18 pruned at 0.7 gave 0.40 of its MAC reduction
-    as speedup in NCHW and 0.55-0.58 here in channels-last (benchmarks/bench_pruning.py measures
-    this function).
+    benchmarks/bench_pruning.py measures this function on ResNet-18 pruned at 0.3/0.5/0.7.
     """
-    inputs = _example_input(model, batch, input_size).to(device)
+    deployed = deployed_copy(model, device)
+    inputs = example_input(deployed, batch, input_size)
     if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return _median_ms(lambda: deployed(inputs), warmup, reps, lambda: _synchronize(device))
+
+
+def ort_session(model: nn.Module, input_size: InputSize) -> "onnxruntime.InferenceSession":
+    """An ONNX Runtime CPU session (CPUExecutionProvider, torch's CPU thread count, default graph
+    optimisations, which fold BatchNorm themselves) of ``model`` exported by
+    :func:`mapex.export.export_onnx`."""
+    import onnxruntime
+
+    from mapex.export import export_onnx
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", input_size)
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure_latency_ort(session: "onnxruntime.InferenceSession", batch: int, input_size: InputSize,
+                        warmup: int = 3, reps: int = 10) -> float:
+    """Median wall-clock milliseconds of one run of an :func:`ort_session` on ``batch`` random images."""
+    model_input = session.get_inputs()[0]
+    images = random_images(batch, model_input.shape[1], input_size)
+    feed = {model_input.name: images.numpy()}
+    return _median_ms(lambda: session.run(None, feed), warmup, reps)
+
+
+def _median_ms(run: Callable[[], Any], warmup: int, reps: int, synchronize: Callable[[], None] = lambda: None) -> float:
+    """Median wall-clock milliseconds of ``reps`` calls of ``run`` after ``warmup`` untimed ones."""
     times = []
-    with _eval_mode(model), torch.inference_mode():
-        for rep in range(warmup + reps):
-            _synchronize(device)
-            started = time.perf_counter()
-            model(inputs)
-            _synchronize(device)
-            if rep >= warmup:
-                times.append((time.perf_counter() - started) * 1000.0)
+    for rep in range(warmup + reps):
+        synchronize()
+        started = time.perf_counter()
+        run()
+        synchronize()
+        if rep >= warmup:
+            times.append((time.perf_counter() - started) * 1000.0)
     return statistics.median(times)
 
 
@@ -100,30 +148,30 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, i
                    progress: bool = True) -> dict[str, Any]:
     """Accuracy on ``loader`` plus size and speed: the metrics every results table reports.
 
-    Keys: ``top1``, ``top5``, ``n``, ``params``, ``macs``, ``latency_ms_cpu_b{B}`` for each ``B`` in
-    ``latency_batches`` and, when CUDA is available, ``latency_ms_cuda_b{B}``; ``cpu_name``,
-    ``cpu_threads`` and ``cuda_name`` (when available) say where the latencies were measured.
-    ``model`` is left on ``device``.
+    Keys: ``top1``, ``top5``, ``n``, ``params``, ``macs``, ``latency_ms_cpu_b{B}`` (PyTorch) and
+    ``latency_ms_ort_b{B}`` (ONNX Runtime, CPU) for each ``B`` in ``latency_batches`` and, when CUDA
+    is available, ``latency_ms_cuda_b{B}``; ``cpu_name``, ``cpu_threads`` and ``cuda_name`` (when
+    available) say where the latencies were measured. Accuracy is measured on ``model`` as given,
+    latency on its :func:`deployed_copy`. ``model`` is left on ``device``.
     """
     metrics: dict[str, Any] = dict(accuracy(model, loader, device, progress))
     metrics.update(params=count_params(model), macs=count_macs(model, input_size))
-    cpu_model = copy.deepcopy(model).to("cpu")
+    cpu = torch.device("cpu")
     metrics.update(cpu_name=_cpu_name(), cpu_threads=torch.get_num_threads())
+    session = ort_session(model, input_size)
     for batch in latency_batches:
-        metrics[f"latency_ms_cpu_b{batch}"] = measure_latency(cpu_model, batch, input_size, torch.device("cpu"),
-                                                              reps=latency_reps)
+        metrics[f"latency_ms_cpu_b{batch}"] = measure_latency(model, batch, input_size, cpu, reps=latency_reps)
+        metrics[f"latency_ms_ort_b{batch}"] = measure_latency_ort(session, batch, input_size, reps=latency_reps)
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
-        cuda_model = copy.deepcopy(model).to(cuda)
         metrics["cuda_name"] = torch.cuda.get_device_name(cuda)
         for batch in latency_batches:
-            metrics[f"latency_ms_cuda_b{batch}"] = measure_latency(cuda_model, batch, input_size, cuda,
-                                                                   reps=latency_reps)
+            metrics[f"latency_ms_cuda_b{batch}"] = measure_latency(model, batch, input_size, cuda, reps=latency_reps)
     return metrics
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put a model in eval mode for a block, then restore its previous train/eval flag."""
     was_training = model.training
     try:
@@ -132,15 +180,20 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _example_input(model: nn.Module, batch: int, input_size: InputSize) -> torch.Tensor:
-    """Seeded random images (a private generator: the global RNG is left alone) with the model's input channels."""
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+def example_input(model: nn.Module, batch: int, input_size: InputSize) -> torch.Tensor:
+    """:func:`random_images` with the model's input channels, dtype and device."""
     channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     parameter = next(model.parameters(), None)
-    dtype = parameter.dtype if parameter is not None else torch.float32
+    if parameter is None:
+        return random_images(batch, channels, input_size)
+    return random_images(batch, channels, input_size, parameter.dtype).to(parameter.device)
+
+
+def random_images(batch: int, channels: int, input_size: InputSize, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Seeded random images on the CPU (a private generator: the global RNG is left alone)."""
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, channels, height, width, generator=generator, dtype=dtype)
-    return images.to(parameter.device if parameter is not None else "cpu")
+    return torch.randn(batch, channels, height, width, generator=generator, dtype=dtype)
 
 
 def _synchronize(device: torch.device) -> None:
