@@ -1,30 +1,54 @@
-"""Does pruning pay off in CPU latency? MAC reduction against measured speedup (target >= 0.6).
+"""Does pruning pay off in CPU latency? Speedup against MAC reduction, measured as the pipeline measures it.
 
-    python benchmarks/bench_pruning.py                          # ratios 0.3 0.5 0.7, batch 64
-    python benchmarks/bench_pruning.py --round-to 8
+    python benchmarks/bench_pruning.py                  # ratios 0.3 0.5 0.7, round_to 8, batch 64
+    python benchmarks/bench_pruning.py --round-to 1     # exact kept counts (45, 90, 179, 358 at 0.3)
+    python benchmarks/bench_pruning.py --profile        # + per-op CPU time, unpruned vs the last ratio
+    python benchmarks/bench_pruning.py --explain        # + the last ratio timed alone vs alternating
 
 ResNet-18 (torchvision stem, random weights, 20-class head) at 64x64, pruned with the ``l1``
-criterion (local ranking, first conv and classifier exempt). Latency is what the evaluation
-reports: ``mapex.evaluate.measure_latency`` (eval and inference mode, channels-last on the CPU),
-batch 64, torch's default thread count (or ``--threads``), warm-up runs, then the median of
-``--reps`` runs, the unpruned and the pruned model measured alternately in the same process so
-that load from other processes hits both alike. PASS when speedup / (MAC reduction factor) >= 0.6.
+criterion (local ranking, first conv and classifier exempt, kept counts rounded to ``--round-to``).
+MACs are the evaluation's ``count_macs``; latency is the evaluation's ``measure_latency`` (the
+deployed copy: BN folded into the convs, channels-last, inference mode; median of ``--reps`` after
+warm-up), batch 64, torch's default thread count (or ``--threads``). The unpruned and the pruned
+model are measured alternately, ``--rounds`` times each, and the median of those medians is kept,
+so that load from other processes hits both alike. PASS when speedup / MAC reduction factor
+reaches the target: 0.8 at ratios up to 0.5, 0.7 above.
+
+``--explain`` answers why a pruned model measured alone can be slower than the same model measured
+in a loop that alternates it with the unpruned one: per timed run it reports the minor page faults
+(fresh memory the kernel maps and zeroes), involuntary context switches (threads preempted by other
+processes) and process CPU time over wall time, for the model as the pipeline used to time it (BN
+unfolded) and as it times it now, and the unfolded model alone with glibc's heap trimming switched
+off (``mallopt``); each case runs in a fresh process, since the allocator's state depends on
+history. Last, the cost of one page fault on this machine.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import mmap
+import resource
 import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 
 import torch
 import torchvision
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from mapex.criteria import get_criterion
-from mapex.evaluate import measure_latency
-from mapex.prune import PruneReport, prune_model
+from mapex.evaluate import count_macs, deployed_copy, example_input, measure_latency
+from mapex.prune import prune_model
 
-TARGET = 0.6
+CPU = torch.device("cpu")
+
+
+def target(ratio: float) -> float:
+    return 0.8 if ratio <= 0.5 else 0.7
 
 
 def build(seed: int) -> nn.Module:
@@ -32,25 +56,156 @@ def build(seed: int) -> nn.Module:
     return torchvision.models.resnet18(num_classes=20).eval()
 
 
-def pruned_copy(
-    model: nn.Module, ratio: float, example: torch.Tensor, round_to: int | None
-) -> tuple[nn.Module, PruneReport]:
+def pruned_copy(model: nn.Module, ratio: float, size: int, round_to: int) -> nn.Module:
     pruned = copy.deepcopy(model)
     criterion = get_criterion("l1")
     criterion.compute(pruned)
-    return pruned, prune_model(pruned, criterion, ratio, example, round_to=round_to)
+    prune_model(pruned, criterion, ratio, torch.zeros(1, 3, size, size), round_to=round_to)
+    return pruned
 
 
-def interleaved_medians(models: list[nn.Module], batch: int, size: int, warmup: int, reps: int) -> list[float]:
-    """Median latency (ms) of each model, single runs alternating between them."""
-    cpu = torch.device("cpu")
-    for model in models:
-        measure_latency(model, batch, size, cpu, warmup=warmup, reps=1)
+def side_by_side(models: list[nn.Module], args: argparse.Namespace) -> list[float]:
+    """Per model, the median over ``args.rounds`` rounds of ``measure_latency``, models alternating in a round."""
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(reps):
+    for _ in range(args.rounds):
         for model, record in zip(models, times):
-            record.append(measure_latency(model, batch, size, cpu, warmup=0, reps=1))
+            record.append(measure_latency(model, args.batch, args.size, CPU, warmup=args.warmup, reps=args.reps))
     return [statistics.median(record) for record in times]
+
+
+def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Module]:
+    """Print MAC reduction, speedup and their ratio per pruning ratio; return the pruned models."""
+    print(f"ResNet-18, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"round_to={args.round_to}, BN folded, median of {args.rounds} rounds x {args.reps} reps")
+    header = (f"{'ratio':>5} {'MMACs before':>12} {'MMACs after':>11} {'MAC x':>6} {'ms before':>9} "
+              f"{'ms after':>8} {'speedup':>7} {'spd/MACx':>8} {'target':>6}  result")
+    print(header)
+    print("-" * len(header))
+    macs_before = count_macs(model, args.size)
+    pruned_models = {}
+    for ratio in args.ratios:
+        pruned = pruned_models[ratio] = pruned_copy(model, ratio, args.size, args.round_to)
+        macs_after = count_macs(pruned, args.size)
+        before, after = side_by_side([model, pruned], args)
+        mac_factor, speedup = macs_before / macs_after, before / after
+        efficiency = speedup / mac_factor
+        verdict = "PASS" if efficiency >= target(ratio) else "FAIL"
+        print(f"{ratio:>5.2f} {macs_before / 1e6:>12.1f} {macs_after / 1e6:>11.1f} {mac_factor:>6.2f} "
+              f"{before:>9.1f} {after:>8.1f} {speedup:>7.2f} {efficiency:>8.2f} {target(ratio):>6.2f}  {verdict}")
+    return pruned_models
+
+
+def per_op_ms(model: nn.Module, args: argparse.Namespace) -> dict[str, float]:
+    """Self CPU milliseconds per forward pass of each op of the deployed copy, by torch.profiler."""
+    deployed = deployed_copy(model, CPU)
+    inputs = example_input(deployed, args.batch, args.size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            deployed(inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for _ in range(args.reps):
+                deployed(inputs)
+    return {event.key: event.self_cpu_time_total / 1000.0 / args.reps for event in profiler.key_averages()}
+
+
+def profile_table(model: nn.Module, pruned: nn.Module, ratio: float, args: argparse.Namespace) -> None:
+    before, after = per_op_ms(model, args), per_op_ms(pruned, args)
+    total_before, total_after = sum(before.values()), sum(after.values())
+    print(f"\nwhere the time goes at ratio {ratio} (self CPU ms per forward, torch.profiler; "
+          f"MAC reduction {count_macs(model, args.size) / count_macs(pruned, args.size):.2f}x)")
+    print(f"{'op':<32} {'ms before':>9} {'ms after':>8} {'before/after':>12} {'share after':>11}")
+    for op in sorted(after, key=after.get, reverse=True)[:10]:
+        ms_before = before.get(op, 0.0)
+        print(f"{op:<32} {ms_before:>9.2f} {after[op]:>8.2f} {ms_before / after[op]:>12.2f} "
+              f"{after[op] / total_after:>10.0%}")
+    print(f"{'all ops':<32} {total_before:>9.2f} {total_after:>8.2f} {total_before / total_after:>12.2f}")
+
+
+@dataclass
+class RunStats:
+    """Medians over the timed forward passes of one model."""
+
+    ms: float
+    page_faults: float
+    preempted: float
+    cpu_over_wall: float
+
+
+def _timed_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[float, int, int, float]:
+    before, cpu_before, started = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+    with torch.inference_mode():
+        model(inputs)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (wall * 1000.0, after.ru_minflt - before.ru_minflt, after.ru_nivcsw - before.ru_nivcsw,
+            (time.process_time() - cpu_before) / wall)
+
+
+def pruned_run_stats(pruned: nn.Module, unpruned: nn.Module | None, inputs: torch.Tensor, runs: int) -> RunStats:
+    """The pruned model's timed runs, alone or (given ``unpruned``) each after one unpruned run."""
+    records = []
+    for _ in range(runs):
+        if unpruned is not None:
+            _timed_forward(unpruned, inputs)
+        records.append(_timed_forward(pruned, inputs))
+    return RunStats(*(statistics.median(column) for column in zip(*records)))
+
+
+def microseconds_per_page_fault(megabytes: int = 32, reps: int = 5) -> float:
+    """Time to touch one fresh page of anonymous memory (fault, zero, map), median of ``reps`` mappings."""
+    size, page = megabytes << 20, mmap.PAGESIZE
+    times = []
+    for _ in range(reps):
+        with mmap.mmap(-1, size) as memory:
+            started = time.perf_counter()
+            for offset in range(0, size, page):
+                memory[offset] = 1
+            times.append((time.perf_counter() - started) * 1e6 / (size // page))
+    return statistics.median(times)
+
+
+def _disable_heap_trimming() -> None:
+    """glibc: never give freed heap memory back to the kernel (and serve every size from the heap)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_mmap_threshold, 2**30)
+
+
+EXPLAIN_CASES = {  # name: (BN folded, alternating with the unpruned model, glibc heap trimming on)
+    "unfolded-alone": (False, False, True),
+    "unfolded-alternating": (False, True, True),
+    "unfolded-alone-no-trim": (False, False, False),
+    "deployed-alone": (True, False, True),
+    "deployed-alternating": (True, True, True),
+}
+
+
+def explain_case(case: str, args: argparse.Namespace) -> None:
+    """One row of the explanation, in a process of its own: the allocator's state depends on history."""
+    folded, alternating, trimming = EXPLAIN_CASES[case]
+    if not trimming:
+        _disable_heap_trimming()
+    model = build(args.seed)
+    pruned = pruned_copy(model, args.ratios[-1], args.size, args.round_to)
+    if folded:
+        model, pruned = deployed_copy(model, CPU), deployed_copy(pruned, CPU)
+    else:
+        model, pruned = (m.to(memory_format=torch.channels_last) for m in (model, pruned))
+    inputs = example_input(model, args.batch, args.size).contiguous(memory_format=torch.channels_last)
+    for _ in range(args.warmup):
+        _timed_forward(model, inputs), _timed_forward(pruned, inputs)
+    stats = pruned_run_stats(pruned, model if alternating else None, inputs, args.explain_runs)
+    print(f"{case:<24} {stats.ms:>7.1f} {stats.page_faults:>11.0f} {stats.preempted:>9.1f} {stats.cpu_over_wall:>8.2f}")
+
+
+def explain_table(args: argparse.Namespace) -> None:
+    print(f"\nratio {args.ratios[-1]} model timed alone vs alternating with the unpruned one, one process per row "
+          f"(medians of {args.explain_runs} runs after {args.warmup} warm-up runs of both models)")
+    print(f"{'case':<24} {'ms':>7} {'page faults':>11} {'preempted':>9} {'cpu/wall':>8}", flush=True)
+    for case in EXPLAIN_CASES:
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--explain-case", case], check=True)
+    print(f"one page fault costs {microseconds_per_page_fault():.2f} us here (32 MiB of fresh pages touched)")
 
 
 def main() -> None:
@@ -59,32 +214,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=9)
-    parser.add_argument("--round-to", type=int, default=None, help="kept channels rounded to a multiple")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of measure_latency per model")
+    parser.add_argument("--round-to", type=int, default=8, help="kept channels rounded to a multiple (1: exact)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="per-op table, unpruned vs the last ratio")
+    parser.add_argument("--explain", action="store_true", help="the last ratio alone vs alternating")
+    parser.add_argument("--explain-runs", type=int, default=15)
+    parser.add_argument("--explain-case", choices=EXPLAIN_CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.explain_case:
+        explain_case(args.explain_case, args)
+        return
 
-    example = torch.randn(1, 3, args.size, args.size)
     model = build(args.seed)
-    print(f"ResNet-18, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"round_to={args.round_to}, median of {args.reps}")
-    header = f"{'ratio':>5} {'MMACs before':>12} {'MMACs after':>11} {'MAC x':>6} " \
-             f"{'ms before':>9} {'ms after':>8} {'speedup':>7} {'spd/MACx':>8}  result"
-    print(header)
-    print("-" * len(header))
-    for ratio in args.ratios:
-        pruned, report = pruned_copy(model, ratio, example, args.round_to)
-        before, after = interleaved_medians([copy.deepcopy(model), pruned], args.batch, args.size, args.warmup,
-                                            args.reps)
-        mac_factor = report.macs_before / report.macs_after
-        speedup = before / after
-        efficiency = speedup / mac_factor
-        verdict = "PASS" if efficiency >= TARGET else "FAIL"
-        print(f"{ratio:>5.2f} {report.macs_before / 1e6:>12.1f} {report.macs_after / 1e6:>11.1f} {mac_factor:>6.2f} "
-              f"{before:>9.1f} {after:>8.1f} {speedup:>7.2f} {efficiency:>8.2f}  {verdict}")
+    pruned_models = speed_table(model, args)
+    ratio = args.ratios[-1]
+    if args.profile:
+        profile_table(model, pruned_models[ratio], ratio, args)
+    if args.explain:
+        explain_table(args)
 
 
 if __name__ == "__main__":
