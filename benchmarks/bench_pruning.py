@@ -95,21 +95,31 @@ def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Mo
     return pruned_models
 
 
-def per_op_ms(model: nn.Module, args: argparse.Namespace) -> dict[str, float]:
-    """Self CPU milliseconds per forward pass of each op of the deployed copy, by torch.profiler."""
+def per_op_ms(model: nn.Module, args: argparse.Namespace) -> dict[tuple[str, str], float]:
+    """Self CPU milliseconds per forward pass of the deployed copy, per (op, input shapes), by torch.profiler."""
     deployed = deployed_copy(model, CPU)
     inputs = example_input(deployed, args.batch, args.size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         for _ in range(args.warmup):
             deployed(inputs)
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
             for _ in range(args.reps):
                 deployed(inputs)
-    return {event.key: event.self_cpu_time_total / 1000.0 / args.reps for event in profiler.key_averages()}
+    events = profiler.key_averages(group_by_input_shape=True)
+    return {(event.key, str(event.input_shapes)): event.self_cpu_time_total / 1000.0 / args.reps for event in events}
+
+
+def _by_op(times: dict[tuple[str, str], float]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for (op, _), ms in times.items():
+        totals[op] = totals.get(op, 0.0) + ms
+    return totals
 
 
 def profile_table(model: nn.Module, pruned: nn.Module, ratio: float, args: argparse.Namespace) -> None:
-    before, after = per_op_ms(model, args), per_op_ms(pruned, args)
+    """Per op, time before and after pruning; then the time of the ops whose shapes pruning left as they were."""
+    shaped_before, shaped_after = per_op_ms(model, args), per_op_ms(pruned, args)
+    before, after = _by_op(shaped_before), _by_op(shaped_after)
     total_before, total_after = sum(before.values()), sum(after.values())
     print(f"\nwhere the time goes at ratio {ratio} (self CPU ms per forward, torch.profiler; "
           f"MAC reduction {count_macs(model, args.size) / count_macs(pruned, args.size):.2f}x)")
@@ -119,6 +129,13 @@ def profile_table(model: nn.Module, pruned: nn.Module, ratio: float, args: argpa
         print(f"{op:<32} {ms_before:>9.2f} {after[op]:>8.2f} {ms_before / after[op]:>12.2f} "
               f"{after[op] / total_after:>10.0%}")
     print(f"{'all ops':<32} {total_before:>9.2f} {total_after:>8.2f} {total_before / total_after:>12.2f}")
+    unchanged = shaped_before.keys() & shaped_after.keys()
+    unchanged_before = sum(shaped_before[key] for key in unchanged)
+    unchanged_after = sum(shaped_after[key] for key in unchanged)
+    print(f"{'ops of unchanged shapes':<32} {unchanged_before:>9.2f} {unchanged_after:>8.2f} "
+          f"{unchanged_before / unchanged_after:>12.2f} {unchanged_after / total_after:>10.0%}")
+    for op, shapes in sorted(unchanged, key=shaped_after.get, reverse=True)[:5]:
+        print(f"  {op:<30} {shaped_before[op, shapes]:>9.2f} {shaped_after[op, shapes]:>8.2f}   {shapes[:60]}")
 
 
 @dataclass
