@@ -215,6 +215,8 @@ def test_environment_line_counts_differing_environments(tmp_path: Path) -> None:
              for s, t in ((0, 2), (1, 2), (2, 8))]
     line = report.environment_line(report.load_runs(paths))
     assert "threads=2, torch=2.5.0 (2 runs); " in line and "threads=8, torch=2.5.0 (1 runs)" in line
+    nested = write_run(tmp_path / "n", run_record("t0", "l1", 0.3, 0, 0.7, env={"cpu": "x", "versions": {"torch": "2.5"}}))
+    assert report.environment_line(report.load_runs([nested])) == "Environment: cpu=x, torch=2.5"
 
 
 def test_markdown_without_tabulate(monkeypatch: pytest.MonkeyPatch, summary: pd.DataFrame) -> None:

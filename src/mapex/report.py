@@ -346,11 +346,22 @@ def markdown_cells(cells: pd.DataFrame) -> str:
 
 
 def environment_line(runs: pd.DataFrame) -> str:
-    """"Environment: ..." with each distinct ``env`` of the runs and how many runs had it."""
-    described = runs["env"].map(lambda env: ", ".join(f"{k}={env[k]}" for k in sorted(env)))
+    """"Environment: ..." with each distinct ``env`` of the runs and how many runs had it.
+
+    Nested dicts (e.g. ``{"versions": {"torch": "2.5.0"}}``) are shown by their own keys.
+    """
+    described = runs["env"].map(lambda env: ", ".join(_key_values(env)))
     counts = described.value_counts(sort=False)
     parts = [f"{text} ({count} runs)" if len(counts) > 1 else text for text, count in counts.items()]
     return "Environment: " + "; ".join(parts)
+
+
+def _key_values(mapping: Mapping) -> list[str]:
+    pairs = []
+    for key in sorted(mapping):
+        value = mapping[key]
+        pairs += _key_values(value) if isinstance(value, Mapping) else [f"{key}={value}"]
+    return pairs
 
 
 # ----------------------------------------------------------------------------- comparisons table
@@ -807,8 +818,9 @@ def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -
     scopes = _pooled_first(sanity["task"])
     ratios = sorted(sanity["ratio"].unique())
     names = criterion_order(sanity["criterion"], focus)
-    fig, axes = plt.subplots(len(scopes), len(ratios), figsize=(0.9 * len(names) * len(ratios) + 3, 3.2 * len(scopes)),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(scopes), len(ratios), figsize=((0.8 * len(names) + 1.8) * len(ratios) + 2.5,
+                                                                 3.4 * len(scopes)),
+                             sharey=True, squeeze=False, layout="constrained")
     for (i, task), (j, ratio) in ((a, b) for a in enumerate(scopes) for b in enumerate(ratios)):
         ax = axes[i, j]
         part = sanity[(sanity["task"] == task) & np.isclose(sanity["ratio"], ratio)].set_index("criterion")
@@ -820,7 +832,9 @@ def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -
         ax.scatter(x, rows["top_pct"], color="#2ca02c", marker="^", s=45, zorder=4, label="top-scored kept")
         ax.scatter(x, rows["bottom_pct"], color="#9467bd", marker="v", s=45, zorder=4, label="bottom-scored kept")
         ticks = [f"{n}\n{'ranks' if rows.loc[n, 'ranks'] else 'no'}" if ok else n for n, ok in zip(names, present)]
-        ax.set_xticks(x, ticks, rotation=45, fontsize=8)
+        ax.set_xticks(x, ticks, rotation=0 if len(names) <= 4 else 45, ha="center" if len(names) <= 4 else "right",
+                      fontsize=8)
+        ax.set_xlim(-0.6, len(names) - 0.4)
         _decorate(ax, "", "Validation top-1 (%)" if j == 0 else "",
                   f"{_panel_title(task, part['n_tasks'].max() if len(part) else 1)}, ratio {ratio:g}",
                   legend=(i, j) == (0, len(ratios) - 1))
