@@ -17,12 +17,12 @@ Several tasks are pooled with equal weight: each task is resampled on its own (i
 the resampled task means are averaged, and the interval is taken over those averages.
 
 Measured coverage of the nominal 95 % interval of a paired difference (300 simulated experiments
-of 250 images, ``tests/test_uncertainty.py``): 0.99 with 5 seeds and no or small (1 point)
-seed-level shifts, since the two-way bootstrap counts the image × seed noise twice and is
-conservative; 0.94 with 3 seeds and 2-point shifts; but 0.83 with 3 seeds and 5-point shifts
-(0.91 with 5 seeds): a handful of seeds resampled with replacement understates a large seed
-variance (by a factor (S − 1) / S, and the percentile interval of S values is coarse). More seeds,
-not more resamples, is the remedy.
+of 250 images, 500 resamples each; ``simulated_paired_experiment`` in ``tests/test_uncertainty.py``):
+0.98-0.99 with 5 seeds and no or 1-point seed-level shifts, since the two-way bootstrap counts the
+image × seed noise twice and is conservative; 0.93 with 3 seeds and 2-point shifts; but 0.82 with
+3 seeds and 5-point shifts (0.92 with 5 seeds): a handful of seeds resampled with replacement
+understates a large seed variance (by a factor (S − 1) / S, and the percentile interval of S values
+is coarse). More seeds, not more resamples, is the remedy.
 """
 from __future__ import annotations
 
