@@ -318,7 +318,7 @@ def test_comparisons_markdown(comparisons: pd.DataFrame) -> None:
 
 
 def test_sanity_table_by_hand(tmp_path: Path) -> None:
-    table = report.sanity_table(write_sanity_csv(tmp_path / "sanity.csv"))
+    table = report.sanity_table([write_sanity_csv(tmp_path / "sanity.csv")])
     assert set(table["task"]) == {"t0", "t1", "pooled"}
     ours, l1 = row(table, "map-ex", 0.3), row(table, "l1", 0.6, "t1")
     assert (ours["top_pct"], ours["bottom_pct"]) == pytest.approx((80.0, 30.0))
@@ -337,7 +337,7 @@ def test_pooled_sanity_averages_each_draw_over_tasks(tmp_path: Path) -> None:
                   f"{task},l1,0.5,random,0,{0.4 + shift}", f"{task},l1,0.5,random,1,{0.5 - shift}"]
     path = tmp_path / "sanity.csv"
     path.write_text("\n".join(lines) + "\n")
-    pooled = row(report.sanity_table(path), "l1", 0.5)
+    pooled = row(report.sanity_table([path]), "l1", 0.5)
     # draw 0: (40 + 50) / 2 = 45, draw 1: (50 + 40) / 2 = 45
     assert (pooled["random_min_pct"], pooled["random_max_pct"], pooled["top_pct"]) == pytest.approx((45, 45, 65))
 
@@ -348,7 +348,7 @@ def test_sanity_csv_errors(tmp_path: Path, bad: str, message: str) -> None:
     path.write_text(f"task,criterion,ratio,case,draw,val_top1\nt0,l1,0.5,top,0,0.6\nt0,l1,0.5,random,0,0.5\n"
                     f"t0,l1,0.5,{bad},0,0.2\n")
     with pytest.raises(UserError, match=rf"sanity.csv: .*{message}"):
-        report.sanity_table(path)
+        report.sanity_table([path])
 
 
 def test_latency_table_one_measurement_per_shape_for_any_batch(tmp_path: Path) -> None:
@@ -416,7 +416,7 @@ def test_paired_differences_forest_plot(comparisons: pd.DataFrame, figures: list
 
 
 def test_sanity_check_figure(tmp_path: Path, figures: list) -> None:
-    report.plot_sanity_check(report.sanity_table(write_sanity_csv(tmp_path / "s.csv")), Path("unused"))
+    report.plot_sanity_check(report.sanity_table([write_sanity_csv(tmp_path / "s.csv")]), Path("unused"))
     fig = figures[0]
     assert len(fig.axes) == 3 * 2 and titles(fig)[0] == "pooled over 2 tasks, ratio 0.3"
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
@@ -425,7 +425,7 @@ def test_sanity_check_figure(tmp_path: Path, figures: list) -> None:
 
 
 def test_layer_sensitivity_heatmap_is_the_mean_drop_over_tasks(tmp_path: Path, figures: list) -> None:
-    report.plot_layer_sensitivity(write_sensitivity_csv(tmp_path / "sens.csv"), Path("unused"))
+    report.plot_layer_sensitivity([write_sensitivity_csv(tmp_path / "sens.csv")], Path("unused"))
     ax = figures[0].axes[0]
     grid = ax.images[0].get_array()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["map-ex", "l1"]
@@ -447,8 +447,8 @@ def test_accuracy_vs_macs_draws_the_pooled_rows(summary: pd.DataFrame, figures: 
 def test_build_report_writes_every_table_and_figure(tmp_path: Path, run_files: list[Path]) -> None:
     out = tmp_path / "results"
     written = report.build_report(
-        run_files, out, sanity_csv=write_sanity_csv(tmp_path / "sanity.csv"),
-        sensitivity_csv=write_sensitivity_csv(tmp_path / "sens.csv"), latency_csv=write_latency_csv(tmp_path / "lat.csv"),
+        run_files, out, sanity_csvs=[write_sanity_csv(tmp_path / "sanity.csv")],
+        sensitivity_csvs=[write_sensitivity_csv(tmp_path / "sens.csv")], latency_csv=write_latency_csv(tmp_path / "lat.csv"),
         samples_csv=write_samples_csv(tmp_path / "samples.csv"), response_maps=write_response_npz(tmp_path / "maps.npz"),
         history=[write_history(tmp_path / f"h{s}.csv", s) for s in (0, 1)])
     for name in ("summary", "comparisons", "sanity", "latency"):

@@ -285,8 +285,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         [Path(args.runs) / f"{run}.json" for run in run_ids(params)], Path(args.out), focus_row=FOCUS,
         sanity_csvs=[Path(args.sanity) / f"{task}.csv" for task in tasks] if args.sanity else [],
         sensitivity_csvs=[Path(args.sensitivity) / f"{task}.csv" for task in tasks] if args.sensitivity else [],
-        latency_csv=args.latency,
-        samples_csv=args.samples, response_maps=args.response_maps, history=args.history,
+        latency_csv=args.latency, samples_csv=args.samples, response_maps=args.response_maps,
+        history=[args.history] if args.history else None,
     )
 
 

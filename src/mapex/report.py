@@ -498,17 +498,17 @@ def _sentence(row: pd.Series) -> str:
 _SANITY_CASES = ("top", "bottom", "random")
 
 
-def sanity_table(csv_path: Path) -> pd.DataFrame:
+def sanity_table(csv_paths: Sequence[Path]) -> pd.DataFrame:
     """Top / bottom / random validation top-1 per task (and pooled) × criterion × ratio, and ``ranks``.
 
-    ``csv_path`` has columns ``task, criterion, ratio, case, draw, val_top1`` (``case`` in top,
+    ``csv_paths`` (the study writes one per task) have columns ``task, criterion, ratio, case, draw, val_top1`` (``case`` in top,
     bottom, random; accuracies as fractions). ``ranks`` is true when the top case's mean is
     above the largest random draw and the bottom case's mean below the smallest one. Pooled:
     draw ``k`` is the mean over tasks of each task's draw ``k`` (likewise top and bottom), then
     the same rule. Columns: ``task, criterion, ratio, n_tasks, top_pct, bottom_pct,
     random_mean_pct, random_min_pct, random_max_pct, random_std_pct, n_random, ranks``.
     """
-    frame = _read_sanity_csv(Path(csv_path))
+    frame = pd.concat([_read_sanity_csv(Path(path)) for path in csv_paths], ignore_index=True)
     pooled = frame.groupby(["criterion", "ratio", "case", "draw"], as_index=False).agg(
         val_top1=("val_top1", "mean"), n_tasks=("task", "nunique")).assign(task=POOLED)
     rows = [_sanity_row(key, part) for key, part in
@@ -842,16 +842,13 @@ def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -
     _save(fig, out_stem)
 
 
-def plot_layer_sensitivity(csv_path: Path, out_stem: Path, focus: str = OURS) -> None:
+def plot_layer_sensitivity(csv_paths: Sequence[Path], out_stem: Path, focus: str = OURS) -> None:
     """Heatmap layers × criteria of the drop in validation top-1 (points), mean over tasks.
 
-    ``csv_path`` has columns ``task, criterion, layer, channels, val_top1, drop`` (fractions);
-    layers keep their order of first appearance. Several channel counts of a layer are averaged.
+    ``csv_paths`` (one per task) have columns ``task, criterion, layer, channels, val_top1, drop``
+    (fractions); layers keep their order of first appearance. Several channel counts of a layer are averaged.
     """
-    path = Path(csv_path)
-    frame = _read_csv(path, ("task", "criterion", "layer", "channels", "val_top1", "drop"))
-    frame = frame.assign(drop_pct=_numeric(path, frame, "drop") * 100.0, criterion=frame["criterion"].astype(str),
-                         layer=frame["layer"].astype(str))
+    frame = pd.concat([_read_sensitivity_csv(Path(path)) for path in csv_paths], ignore_index=True)
     layers = list(dict.fromkeys(frame["layer"]))
     names = criterion_order(frame["criterion"], focus)
     grid = frame.groupby(["layer", "criterion"])["drop_pct"].mean().unstack().reindex(index=layers, columns=names)
@@ -976,6 +973,12 @@ def plot_samples_study(csv_path: Path, out_stem: Path) -> None:
     _save(fig, out_stem)
 
 
+def _read_sensitivity_csv(path: Path) -> pd.DataFrame:
+    frame = _read_csv(path, ("task", "criterion", "layer", "channels", "val_top1", "drop"))
+    return frame.assign(drop_pct=_numeric(path, frame, "drop") * 100.0, criterion=frame["criterion"].astype(str),
+                        layer=frame["layer"].astype(str))
+
+
 def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -1027,8 +1030,8 @@ def metrics_for_dvc(summary: pd.DataFrame, comparisons: pd.DataFrame) -> dict[st
     }
 
 
-def build_report(run_paths: Iterable[Path], out_dir: Path, focus_row: str = OURS, sanity_csv: Path | None = None,
-                 sensitivity_csv: Path | None = None, latency_csv: Path | None = None,
+def build_report(run_paths: Iterable[Path], out_dir: Path, focus_row: str = OURS, sanity_csvs: Sequence[Path] = (),
+                 sensitivity_csvs: Sequence[Path] = (), latency_csv: Path | None = None,
                  samples_csv: Path | None = None, response_maps: Path | None = None,
                  history: Sequence[Path] | None = None, n_resamples: int = N_RESAMPLES,
                  seed: int = RNG_SEED) -> list[Path]:
@@ -1058,15 +1061,15 @@ def build_report(run_paths: Iterable[Path], out_dir: Path, focus_row: str = OURS
     }
     if not comparisons.empty:
         plots["paired_differences"] = lambda stem: plot_paired_differences(comparisons, stem, focus_row)
-    if sanity_csv is not None:
-        sanity = sanity_table(Path(sanity_csv))
+    if sanity_csvs:
+        sanity = sanity_table(sanity_csvs)
         written += _write_table(sanity, sanity_markdown(sanity), tables / "sanity")
         plots["sanity_check"] = lambda stem: plot_sanity_check(sanity, stem, focus_row)
     if latency_csv is not None:
         latency = latency_table(Path(latency_csv), _unpruned_macs(runs))
         written += _write_table(latency, latency_markdown(latency), tables / "latency")
-    if sensitivity_csv is not None:
-        plots["layer_sensitivity"] = lambda stem: plot_layer_sensitivity(Path(sensitivity_csv), stem, focus_row)
+    if sensitivity_csvs:
+        plots["layer_sensitivity"] = lambda stem: plot_layer_sensitivity(sensitivity_csvs, stem, focus_row)
     if samples_csv is not None:
         plots["samples_study"] = lambda stem: plot_samples_study(Path(samples_csv), stem)
     if response_maps is not None:

@@ -19,8 +19,8 @@ rule report:
             category="Accuracy",
         ),
         report(
-            multiext("results/figures/differences", ".png", ".pdf"),
-            caption="../report/differences.rst",
+            multiext("results/figures/paired_differences", ".png", ".pdf"),
+            caption="../report/paired_differences.rst",
             category="Accuracy",
         ),
         report(
@@ -29,13 +29,13 @@ rule report:
             category="Accuracy",
         ),
         report(
-            multiext("results/figures/sanity", ".png", ".pdf"),
-            caption="../report/sanity.rst",
+            multiext("results/figures/sanity_check", ".png", ".pdf"),
+            caption="../report/sanity_check.rst",
             category="Sanity checks",
         ),
         report(
-            multiext("results/figures/sensitivity", ".png", ".pdf"),
-            caption="../report/sensitivity.rst",
+            multiext("results/figures/layer_sensitivity", ".png", ".pdf"),
+            caption="../report/layer_sensitivity.rst",
             category="Sanity checks",
         ),
         report(
