@@ -43,7 +43,8 @@ rule sensitivity:
         statistics=config["statistics"],
         criterion_options=config["criterion_options"],
         variants=config["variants"],
-        prune=config["prune"],
+        global_pruning=config["prune"]["global"],
+        round_to=config["prune"]["round_to"],
         sensitivity=config["sensitivity"],
         seeds=config["seeds"],
     log:
@@ -95,7 +96,8 @@ rule samples_study:
         statistics=config["statistics"],
         criterion_options=config["criterion_options"],
         variants=config["variants"],
-        prune=config["prune"],
+        global_pruning=config["prune"]["global"],
+        round_to=config["prune"]["round_to"],
         finetune=config["finetune"],
         samples_study=config["samples_study"],
     log:
