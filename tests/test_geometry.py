@@ -252,7 +252,7 @@ def test_node_geometries_give_the_merged_geometry_of_a_residual_add():
     model = torchvision.models.resnet18(num_classes=3)
     fields = receptive_fields(model, (64, 64))
     by_name = {node.name: geometry for node, geometry in node_geometries(model).items()}
-    X with the downsample (r = 43): the largest field, conv2's centre
+    # layer2.0's add merges conv2 (r = 67) with the downsample (r = 43): the largest field, conv2's centre
     assert fields["layer2.0.downsample.0"].size < fields["layer2.0.conv2"].size
     assert by_name["add_2"] == fields["layer2.0.conv2"]
     assert by_name["fc"] is None and by_name["flatten"] is None
