@@ -2,6 +2,11 @@
 
     python benchmarks/bench_statistics.py                      # synthetic 64x64 images and boxes
     python benchmarks/bench_statistics.py --data DIR/tiny-imagenet-20 --images 250
+    python benchmarks/bench_statistics.py --field effective --baseline theoretical   # the field's cost
+
+``--baseline theoretical`` times the scoring against the same scoring with the theoretical
+receptive field instead of a forward pass (``--field effective``: the cost of measuring the
+effective fields and weighting under them).
 
 ResNet-18 (torchvision, random weights, 20-class head) in eval mode. Both timings run in the same
 process, interleaved, over the same pre-built batches; the scoring time includes tracing the model.
@@ -19,7 +24,7 @@ from typing import Callable
 import torch
 import torchvision
 
-from mapex.statistics import filter_scores
+from mapex.statistics import FIELDS, TAPS, filter_scores
 
 Batch = tuple[torch.Tensor, list[torch.Tensor]]
 
@@ -69,6 +74,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--method", default="map-ex", choices=["map", "map-ex"])
+    parser.add_argument("--field", default="theoretical", choices=FIELDS)
+    parser.add_argument("--tap", default="consumed", choices=TAPS)
+    parser.add_argument("--baseline", default="forward", choices=["forward", "theoretical"],
+                        help="time against a forward pass, or against the scoring with the theoretical field")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
@@ -82,21 +91,27 @@ def main() -> None:
     else:
         batches = synthetic_batches(args.images, args.batch_size, args.size, args.seed)
 
+    def scores(field: str) -> Callable[[], object]:
+        return lambda: filter_scores(model, batches, method=args.method, progress=False, tap=args.tap, field=field)
+
+    baseline = (lambda: forward_only(model, batches)) if args.baseline == "forward" else scores("theoretical")
     forward_only(model, batches[:1])  # warm-up: allocator, thread pool, oneDNN kernels
     rows = []
     for _ in range(args.repeats):
-        forward = seconds(lambda: forward_only(model, batches))
-        scoring = seconds(lambda: filter_scores(model, batches, method=args.method, progress=False))
-        rows.append((forward, scoring))
+        rows.append((seconds(baseline), seconds(scores(args.field))))
 
     print(f"resnet18, {sum(len(b[0]) for b in batches)} images of {args.size}x{args.size}, "
-          f"batch {args.batch_size}, method {args.method}, {torch.get_num_threads()} threads")
-    print_table(rows)
+          f"batch {args.batch_size}, method {args.method}, tap {args.tap}, field {args.field} "
+          f"against {args.baseline}, {torch.get_num_threads()} threads")
+    print_table(rows, *BASELINE_COLUMNS[args.baseline])
 
 
-def print_table(rows: list[tuple[tuple[float, float], tuple[float, float]]]) -> None:
-    """One line per repeat, then the minimum and the median of each column."""
-    print(f"{'':>7} {'forward s':>10} {'scores s':>9} {'ratio':>6} {'fwd cpu s':>10} {'scr cpu s':>10} {'ratio':>6}")
+BASELINE_COLUMNS = {"forward": ("forward s", "fwd cpu s"), "theoretical": ("theor. s", "thr cpu s")}
+
+
+def print_table(rows: list[tuple[tuple[float, float], tuple[float, float]]], wall: str, cpu: str) -> None:
+    """One line per repeat, then the minimum and the median of each column (baseline, scoring, ratio)."""
+    print(f"{'':>7} {wall:>10} {'scores s':>9} {'ratio':>6} {cpu:>10} {'scr cpu s':>10} {'ratio':>6}")
 
     def line(label: str, forward: tuple[float, float], scoring: tuple[float, float]) -> None:
         print(f"{label:>7} {forward[0]:>10.3f} {scoring[0]:>9.3f} {scoring[0] / forward[0]:>6.2f} "

@@ -11,6 +11,10 @@ Data-driven criteria read the same ``batches`` iterable, of ``(images, labels, b
 reads: after the BN and ReLU that follow the conv, where they exist), tapped by
 :mod:`mapex.statistics`. They accumulate running sums, so memory does not grow with the number of
 samples, and run the model in eval mode (BN running statistics, no dropout).
+
+A criterion with variants declares them in its ``OPTIONS`` and takes them as constructor
+keywords (``map-ex``: ``score``, ``tap``, ``field``; ``map``: ``score``, ``tap``);
+:func:`criterion_options` lists them so that a caller can validate its parameters up front.
 """
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
 """Receptive-field geometry of conv layers and the box -> feature-map foreground weights (SPEC).
 
-Two halves:
+Three parts:
 
 * :func:`receptive_fields` traces the model with ``torch.fx`` and propagates the SPEC recurrence
   ``j' = j*s``, ``r' = r + (k-1)*d*j``, ``c' = c + ((k-1)*d/2 - p)*j`` from the input
   (``j = 1, r = 1, c = 0``) through convs and pools, giving every ``nn.Conv2d`` the geometry of
-  its *output*.
+  its *output* (:func:`node_geometries`: of every node's output).
 * :func:`foreground_weights` / :func:`batch_foreground_weights` turn an image's boxes into a
   weight per unit of a layer's feature map, for the ``map`` and ``map-ex`` methods.
+* :func:`effective_foreground_weights`: the ``map-ex`` weights under a measured
+  :class:`EffectiveField` instead of the theoretical receptive field (SPEC's field variant).
 
 Pixel rule for boxes (SPEC says pixel ``p`` covers ``[p, p+1)`` and an integer box ``x0..x1``
 covers pixels ``x0 … x1-1``): a pixel is inside a box when its centre ``p + 0.5`` lies in
