@@ -53,17 +53,25 @@ def tiny_imagenet_batches(root: Path, images: int, batch_size: int, size: int, s
 
 
 def seconds(run: Callable[[], object]) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call."""
+    """Wall-clock and process CPU seconds of one call (CUDA work finished before each clock is read)."""
+    synchronise()
     wall, cpu = time.perf_counter(), time.process_time()
     run()
+    synchronise()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def synchronise() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def forward_only(model: torch.nn.Module, batches: list[Batch]) -> None:
     model.eval()
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for images, _boxes in batches:
-            model(images)
+            model(images.to(device))
 
 
 def main() -> None:
@@ -80,12 +88,13 @@ def main() -> None:
                         help="time against a forward pass, or against the scoring with the theoretical field")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
-    model = torchvision.models.resnet18(num_classes=20)
+    model = torchvision.models.resnet18(num_classes=20).to(args.device)
     if args.data:
         batches = tiny_imagenet_batches(args.data, args.images, args.batch_size, args.size, args.seed)
     else:
@@ -102,7 +111,7 @@ def main() -> None:
 
     print(f"resnet18, {sum(len(b[0]) for b in batches)} images of {args.size}x{args.size}, "
           f"batch {args.batch_size}, method {args.method}, tap {args.tap}, field {args.field} "
-          f"against {args.baseline}, {torch.get_num_threads()} threads")
+          f"against {args.baseline}, {args.device}, {torch.get_num_threads()} threads")
     print_table(rows, *BASELINE_COLUMNS[args.baseline])
 
 

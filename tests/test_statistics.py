@@ -561,3 +561,20 @@ def test_effective_weights_vary_across_resnet18_layer4_where_theoretical_ones_ar
         assert torch.equal(theoretical, torch.full((2, 2), 256 / 4096))  # every field is the whole image
         assert effective.max() - effective.min() > 0.05, name
         assert effective.argmax() == 0, name  # the unit centred at the box's corner weighs it most
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("score, tap, field", [
+    ("diff", "consumed", "theoretical"), ("contrast", "nonneg", "theoretical"),
+    ("diff", "consumed", "effective"), ("contrast", "nonneg", "effective"),
+])
+def test_variants_on_cuda_agree_with_cpu(score, tap, field):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    images = torch.randn(6, 3, 64, 64)
+    boxes = [torch.tensor([[4.0, 4, 40, 30]]), torch.tensor([[10.0, 20, 64, 64]]), torch.tensor([[0.0, 0, 20, 64]])] * 2
+    batches = [(images[:4], boxes[:4]), (images[4:], boxes[4:])]
+    cpu = scores_of(model, batches, "map-ex", score, tap=tap, field=field)
+    cuda = scores_of(model.cuda(), batches, "map-ex", score, tap=tap, field=field)
+    for name in cpu:  # cuDNN may use TF32: agreement to about 1e-3 of the layer's scale
+        torch.testing.assert_close(cuda[name], cpu[name], rtol=0, atol=2e-3 * float(cpu[name].abs().max()) + 1e-6)
