@@ -492,26 +492,30 @@ def effective_fields(
 
     The sensitivity map is ``|∂ Σ_c A[c, y0, x0] / ∂ input|``, summed over the input's colour
     channels and averaged over ``images``, for the centre unit ``(h // 2, w // 2)``: one backward
-    pass per tapped tensor, the channels summed before it (as Luo et al. seed every channel's
-    centre gradient with 1). A map that is zero everywhere (every image's centre unit dead)
-    falls back to the unit's theoretical field, which gives exactly the theoretical weights.
+    pass per distinct tapped tensor, the channels summed before it (as Luo et al. seed every
+    channel's centre gradient with 1). A map that is zero everywhere (every image's centre unit
+    dead) falls back to the unit's theoretical field, which gives the theoretical weights.
     The model must be in eval mode; its parameters' ``.grad`` are left untouched.
     """
     images = images.detach().to(_model_device(model)).requires_grad_(True)
-    with torch.enable_grad(), kept_outputs(model, {name: tap.module for name, tap in taps.items()}) as outputs:
-        model(images)
-    fields = {}
+    measured: dict[Tap, EffectiveField] = {}  # convs that share a tap (nonneg, one block's output) share it
     with torch.enable_grad():
+        with kept_outputs(model, {name: tap.module for name, tap in taps.items()}) as outputs:
+            model(images)
         for name, tap in taps.items():
-            activation = tap.read(outputs[name])
-            unit = (activation.shape[2] // 2, activation.shape[3] // 2)
-            (gradient,) = torch.autograd.grad(activation[:, :, unit[0], unit[1]].sum(), images,
-                                              retain_graph=True, allow_unused=True, materialize_grads=True)
-            sensitivity = gradient.abs().sum(1).mean(0)
-            if not bool(sensitivity.any()):
-                sensitivity = field_box_map(geometries[name], unit, tuple(images.shape[-2:])).to(sensitivity)
-            fields[name] = EffectiveField.from_map(sensitivity, unit, geometries[name].jump)
-    return fields
+            if tap not in measured:
+                measured[tap] = _effective_field(tap.read(outputs[name]), images, geometries[name])
+    return {name: measured[tap] for name, tap in taps.items()}
+
+
+def _effective_field(activation: Tensor, images: Tensor, geometry: LayerGeometry) -> EffectiveField:
+    unit = (activation.shape[2] // 2, activation.shape[3] // 2)
+    (gradient,) = torch.autograd.grad(activation[:, :, unit[0], unit[1]].sum(), images,
+                                      retain_graph=True, allow_unused=True, materialize_grads=True)
+    sensitivity = gradient.abs().sum(1).mean(0)
+    if not bool(sensitivity.any()):
+        sensitivity = field_box_map(geometry, unit, tuple(images.shape[-2:])).to(sensitivity)
+    return EffectiveField.from_map(sensitivity, unit, geometry.jump)
 
 
 def rank_correlation(scores: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
