@@ -39,6 +39,7 @@ def test_help_lists_every_stage():
         ({"variants__l1": {"criterion": "l1"}}, "variants.l1: a variant may not take the name of a registered"),
         ({"variants__odd": {"criterion": "map-ex", "score": "median"}}, "odd: score 'median' is not one of diff"),
         ({"variants__odd": {"criterion": "l1", "score": "diff"}}, "odd: criterion 'l1' has no option 'score'"),
+        ({"variants__odd": {"criterion": "map-ex", "score": "contrast", "tap": "consumed"}}, "odd: score 'contrast' needs tap 'nonneg'"),
         ({"prune__ratios": [0.5, 1.5]}, "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
         ({"prune__ratios": [0.0]}, "prune.ratios[0]: 0.0 is less than or equal to the minimum of 0"),
         ({"train__epochs": 0}, "train.epochs: 0 is less than the minimum of 1"),

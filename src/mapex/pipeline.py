@@ -76,7 +76,7 @@ def row(params: dict[str, Any], name: str) -> Row:
 
 def check_rows(params: dict[str, Any]) -> None:
     """Every row named anywhere resolves, and every variant's options are its criterion's (one-line errors)."""
-    from mapex.criteria import criterion_options
+    from mapex.criteria import criterion_options, get_criterion
     from mapex.io import UserError
 
     for name in (params.get("variants") or {}):
@@ -93,6 +93,10 @@ def check_rows(params: dict[str, Any]) -> None:
                                 f"(it takes {', '.join(allowed) or 'none'})")
             if value not in allowed[option]:
                 raise UserError(f"{name}: {option} '{value}' is not one of {', '.join(allowed[option])}")
+        try:
+            get_criterion(spec.criterion, **spec.options)  # combinations of options the criterion refuses
+        except UserError as err:
+            raise UserError(f"{name}: {err}") from None
 
 
 def _is_registered(name: str) -> bool:
