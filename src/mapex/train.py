@@ -7,7 +7,7 @@ start of each epoch from ``(seed, epoch)`` alone:
 
 - the global RNGs (torch, Python, NumPy), which dropout and in-process augmentation draw from;
 - the train loader: ``loader.sampler.set_epoch(epoch)`` where the sampler has it (``mapex.data``'s
-  seeded sampler, whose order and per-sample augmentation seeds depend on ``(seed, epoch)``), and
+  seeded sampler, whose batches and per-batch augmentation seeds depend on ``(seed, epoch)``), and
   ``loader.generator`` (which a plain shuffling loader and worker seeds draw from) where present.
 
 So on the CPU, a run killed after any epoch and resumed ends with the same weights and metrics,
