@@ -60,7 +60,8 @@ class BatchTransform:
     With ``padding > 0``: each image is cropped at a random offset from its zero-padded copy
     (``padding`` pixels each side) and, with ``flip``, mirrored with probability 1/2; the draws come
     from the generator seeded with the batch's seed, so they are a function of that seed alone.
-    The output keeps the input's memory format (channels-last input gives channels-last output).
+    Augmented output is channels-last (the CPU models' memory format; 3 bytes a pixel to move
+    while cropping); without augmentation the output keeps the input's memory format.
     """
 
     size: int
