@@ -7,7 +7,7 @@ Project: ``mapex.data.make_loader`` (cached, augmented batches) feeding the epoc
 ``mapex.train.fit`` runs (``_train_one_epoch``: SGD with Nesterov momentum, one-cycle schedule,
 label smoothing, channels-last on the CPU, the loss checks and running metrics). Plain: about 60
 lines below: the same images decoded once into a uint8 tensor (on the device), per batch a random
-zero-padded crop (``size // 8``) and horizontal flip per image, normalisation, and the same model
+zero-padded crop (``size // 16``) and horizontal flip per image, normalisation, and the same model
 (torchvision ResNet-18, ImageNet stem), batch size, optimiser, schedule and loss. The two loops
 run in ONE process, in alternating blocks of ``--block`` steps (the first block of each is a
 warm-up, not counted), so that load from other processes hits both alike. Printed: each block's
@@ -46,7 +46,7 @@ class PlainLoop:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, total_steps: int,
                  device: torch.device, seed: int) -> None:
         self.images, self.labels, self.device = images.to(device), labels.to(device), device
-        self.batch_size, self.pad = config.batch_size, images.shape[-1] // 8
+        self.batch_size, self.pad = config.batch_size, images.shape[-1] // 16
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         torch.manual_seed(seed)
