@@ -7,12 +7,12 @@
 
 ResNet-18 (torchvision stem, random weights, 20-class head) at 64x64, pruned with the ``l1``
 criterion (local ranking, first conv and classifier exempt, kept counts rounded to ``--round-to``).
-MACs are the evaluation's ``count_macs``; latency is the evaluation's ``measure_latency`` (the
-deployed copy: BN folded into the convs, channels-last, inference mode; median of ``--reps`` after
-warm-up), batch 64, torch's default thread count (or ``--threads``). The unpruned and the pruned
-model are measured alternately, ``--rounds`` times each, and the median of those medians is kept,
-so that load from other processes hits both alike. PASS when speedup / MAC reduction factor
-reaches the target: 0.8 at ratios up to 0.5, 0.7 above.
+MACs are the evaluation's ``count_macs``; latencies come from ``interleaved_latency``, the code
+behind the pipeline's latency study: one forward pass of the unpruned model's deployed copy (BN
+folded into the convs, channels-last, inference mode, as ``measure_latency`` times it), then one
+of the pruned model's, alternating, median of ``--reps`` after ``--warmup``, so that load from
+other processes hits both alike; batch 64, torch's default thread count (or ``--threads``). PASS
+when speedup / MAC reduction factor reaches the target: 0.8 at ratios up to 0.5, 0.7 above.
 
 ``--explain`` answers why a pruned model measured alone can be slower than the same model measured
 in a loop that alternates it with the unpruned one: per timed run it reports the minor page faults
@@ -41,7 +41,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mapex.criteria import get_criterion
-from mapex.evaluate import count_macs, deployed_copy, example_input, measure_latency
+from mapex.evaluate import count_macs, deployed_copy, example_input, interleaved_latency
 from mapex.prune import prune_model
 
 CPU = torch.device("cpu")
@@ -64,19 +64,10 @@ def pruned_copy(model: nn.Module, ratio: float, size: int, round_to: int) -> nn.
     return pruned
 
 
-def side_by_side(models: list[nn.Module], args: argparse.Namespace) -> list[float]:
-    """Per model, the median over ``args.rounds`` rounds of ``measure_latency``, models alternating in a round."""
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(args.rounds):
-        for model, record in zip(models, times):
-            record.append(measure_latency(model, args.batch, args.size, CPU, warmup=args.warmup, reps=args.reps))
-    return [statistics.median(record) for record in times]
-
-
 def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Module]:
     """Print MAC reduction, speedup and their ratio per pruning ratio; return the pruned models."""
     print(f"ResNet-18, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"round_to={args.round_to}, BN folded, median of {args.rounds} rounds x {args.reps} reps")
+          f"round_to={args.round_to}, BN folded, median of {args.reps} alternating runs")
     header = (f"{'ratio':>5} {'MMACs before':>12} {'MMACs after':>11} {'MAC x':>6} {'ms before':>9} "
               f"{'ms after':>8} {'speedup':>7} {'spd/MACx':>8} {'target':>6}  result")
     print(header)
@@ -86,7 +77,7 @@ def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Mo
     for ratio in args.ratios:
         pruned = pruned_models[ratio] = pruned_copy(model, ratio, args.size, args.round_to)
         macs_after = count_macs(pruned, args.size)
-        before, after = side_by_side([model, pruned], args)
+        before, after = interleaved_latency(model, pruned, args.batch, args.size, args.reps, args.warmup)
         mac_factor, speedup = macs_before / macs_after, before / after
         efficiency = speedup / mac_factor
         verdict = "PASS" if efficiency >= target(ratio) else "FAIL"
@@ -231,8 +222,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of measure_latency per model")
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--round-to", type=int, default=8, help="kept channels rounded to a multiple (1: exact)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)

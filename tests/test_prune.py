@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mapex.criteria import get_criterion
 from mapex.io import UserError
-from mapex.prune import default_exempt, kept_count, load_pruned, prune_model, save_pruned
+from mapex.prune import PruneReport, default_exempt, kept_count, load_pruned, prune_model, save_pruned
 
 NUM_CLASSES = 20
 INPUT = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -251,27 +251,31 @@ def test_loading_something_else_is_a_user_error(tmp_path: Path) -> None:
 
 
 def _ci_params(tmp_path: Path, **prune_edits) -> Path:
+    """config/ci.yaml with ``prune`` edited; an edit to ``None`` removes the key."""
     import yaml
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/ci.yaml").read_text())
     params["prune"].update(prune_edits)
+    params["prune"] = {key: value for key, value in params["prune"].items() if value is not None}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
-def test_round_to_defaults_to_8_and_the_prune_stage_uses_it(tmp_path) -> None:
-    from mapex.cli import _prune_task_model
+def _pruned_by_params(params_path: Path) -> PruneReport:
     from mapex.config import load_params
+    from mapex.experiment import prune_task_model
+    from mapex.pipeline import row
 
-    params = load_params(_ci_params(tmp_path))
-    assert "round_to" not in params and params["prune"]["round_to"] == 8
+    params = load_params(params_path)
     model = build("resnet18")
-    report = _prune_task_model(params, model, "random", permuted_scores(model), 0.3, seed=0)
+    return prune_task_model(params, model, row(params, "random"), permuted_scores(model), 0.3, seed=0)
+
+
+def test_round_to_defaults_to_8_and_the_prune_stage_uses_it(tmp_path) -> None:
+    report = _pruned_by_params(_ci_params(tmp_path, round_to=None))  # key left out: the default applies
     assert set(report.filters_after.values()) == {64, 48, 88, 176, 360}  # 0.7 x (64, 128, 256, 512), nearest 8
-    model = build("resnet18")
-    params = load_params(_ci_params(tmp_path, round_to=None))
-    exact = _prune_task_model(params, model, "random", permuted_scores(model), 0.3, seed=0)
+    exact = _pruned_by_params(_ci_params(tmp_path, round_to=1))
     assert set(exact.filters_after.values()) == {64, 45, 90, 179, 358}
 
 
