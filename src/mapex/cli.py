@@ -158,17 +158,22 @@ def _checkpoint_dir(out: Path) -> Path:
     return CHECKPOINT_ROOT / Path(out).with_suffix("").as_posix().replace("/", "__")
 
 
-def _fit(params, model, section, seed, train_index, val_index, checkpoint_dir: Path):
-    """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation."""
+def _fit(params, model, section, seed, train_index, val_index, checkpoint_dir: Path, source: str, restart=False):
+    """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation.
+
+    ``source`` fingerprints what ``model`` starts from: a checkpoint of another start is not resumed."""
+    from mapex.identity import data_fingerprint
     from mapex.train import fit
 
     config = _train_config(section, seed)
     train_loader = _loader(params, train_index, True, config.batch_size, seed)
     val_loader = _loader(params, val_index, False, config.batch_size, seed)
-    return fit(model, train_loader, val_loader, config, checkpoint_dir, _device(params))
+    return fit(model, train_loader, val_loader, config, checkpoint_dir, _device(params),
+               identity={"data": data_fingerprint(params), "source": source}, restart=restart)
 
 
-def _fit_and_save(params, model, section, seed, train_index, val_index, out: Path, history: Path, meta) -> dict:
+def _fit_and_save(params, model, section, seed, train_index, val_index, out: Path, history: Path, meta,
+                  source: str, restart: bool) -> dict:
     import shutil
 
     import pandas as pd
@@ -177,7 +182,7 @@ def _fit_and_save(params, model, section, seed, train_index, val_index, out: Pat
     from mapex.prune import save_pruned
 
     ckpt = _checkpoint_dir(out)
-    result = _fit(params, model, section, seed, train_index, val_index, ckpt)
+    result = _fit(params, model, section, seed, train_index, val_index, ckpt, source, restart)
     model.load_state_dict(result.best_state)
     model.to("cpu")
     write_text(history, pd.DataFrame(result.history).to_csv(index=False))
@@ -186,10 +191,18 @@ def _fit_and_save(params, model, section, seed, train_index, val_index, out: Pat
     return {"best_epoch": result.best_epoch, "history": result.history}
 
 
-def _load_model(path: str | Path):
+def _load_model(path: str | Path, params: dict[str, Any], **expect):
+    """``(model, meta)`` of a model file made from these params' model and data (and ``expect``)."""
     from mapex.prune import load_pruned
 
-    return load_pruned(path)
+    return load_pruned(path, expect={**_identity(params), **expect})
+
+
+def _identity(params: dict[str, Any]) -> dict[str, Any]:
+    """What every model and scores file made under ``params`` carries in its meta."""
+    from mapex.identity import data_fingerprint
+
+    return {"arch": params["model"]["arch"], "stem": params["model"]["stem"], "data": data_fingerprint(params)}
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -219,6 +232,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mapex.evaluate import evaluate_model
+    from mapex.identity import fingerprint
     from mapex.io import seed_everything, write_json
     from mapex.models import build_model
 
@@ -228,9 +242,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     seed = params["train"]["seed"]
     seed_everything(seed)  # the initial weights too
     model = build_model(mp["arch"], len(task.source_classes), stem=mp["stem"], pretrained=mp["pretrained"])
-    meta = {"arch": mp["arch"], "classes": task.source_classes, "stage": "baseline"}
+    meta = {**_identity(params), "classes": task.source_classes, "stage": "baseline"}
     fitted = _fit_and_save(params, model, params["train"], seed, task.source_train, task.source_val,
-                           Path(args.out), Path(args.history), meta)
+                           Path(args.out), Path(args.history), meta, fingerprint(mp), args.restart)
     test_loader = _loader(params, task.source_test, False, params["train"]["batch_size"], seed)
     metrics = evaluate_model(model, test_loader, _device(params), _input_size(params),
                              latency_batches=tuple(params["evaluate"]["latency_batches"]),
@@ -244,7 +258,7 @@ def _task_model(params: dict[str, Any], task: TaskData, model_path: str | Path):
     """The baseline restricted to the task's classes (its logits are the baseline's task logits)."""
     from mapex.models import restrict_classes
 
-    model, _ = _load_model(model_path)
+    model, _ = _load_model(model_path, params, stage="baseline")
     return restrict_classes(model, task.task_class_indices)
 
 
@@ -275,7 +289,8 @@ def _make_criterion(params, name: str, seed: int, scores=None):
 
 def cmd_scores(args: argparse.Namespace) -> None:
     from mapex.data import balanced_subset
-    from mapex.io import save_torch
+    from mapex.identity import file_fingerprint
+    from mapex.prune import save_scores
 
     params = _params(args)
     task = load_task_data(params, args.data)
@@ -285,15 +300,16 @@ def cmd_scores(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     scores = _compute_scores(params, model, args.criterion, samples, args.seed)
     meta = {
+        **_identity(params),
+        "baseline": file_fingerprint(args.model),
         "criterion": args.criterion,
-        "arch": params["model"]["arch"],
         "score": params["statistics"]["score"],
         "n_per_class": n,
         "n_images": len(samples.samples),
         "seed": args.seed,
         "seconds": time.perf_counter() - started,
     }
-    save_torch(args.out, {"scores": {k: v.cpu() for k, v in scores.items()}, "meta": meta})
+    save_scores(args.out, scores, meta)
 
 
 def _prune_task_model(params, model, criterion_name: str, scores: dict, ratio: float, seed: int):
@@ -307,19 +323,23 @@ def _prune_task_model(params, model, criterion_name: str, scores: dict, ratio: f
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from mapex.io import load_torch
-    from mapex.prune import save_pruned
+    from mapex.identity import file_fingerprint
+    from mapex.prune import load_scores, save_pruned
 
     params = _params(args)
     task = load_task_data(params, args.data)
     model = _task_model(params, task, args.model)
     if args.criterion == "none":
         report = None
+    elif args.scores is None:
+        raise UserError(f"prune --criterion {args.criterion} needs --scores (a file written by `mapex scores`)")
     else:
-        stored = load_torch(args.scores)
-        report = _prune_task_model(params, model, args.criterion, stored["scores"], args.ratio, args.seed)
+        scores, _ = load_scores(args.scores, expect={**_identity(params), "criterion": args.criterion,
+                                                       "baseline": file_fingerprint(args.model)})
+        report = _prune_task_model(params, model, args.criterion, scores, args.ratio, args.seed)
     meta = {
-        "arch": params["model"]["arch"],
+        **_identity(params),
+        "stage": "pruned",
         "classes": task.task_test.classes,
         "criterion": args.criterion,
         "ratio": args.ratio,
@@ -330,24 +350,29 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from mapex.identity import file_fingerprint
+
     params = _params(args)
     task = load_task_data(params, args.data)
-    model, meta = _load_model(args.model)
+    model, meta = _load_model(args.model, params, stage="pruned")
+    source = file_fingerprint(args.model)
     _fit_and_save(params, model, params["finetune"], args.seed, task.task_train, task.task_val,
-                  Path(args.out), Path(args.history), {**meta, "stage": "finetuned"})
+                  Path(args.out), Path(args.history), {**meta, "stage": "finetuned", "pruned": source},
+                  source, args.restart)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mapex.evaluate import accuracy, evaluate_model, file_size
+    from mapex.identity import file_fingerprint
     from mapex.io import write_json
 
     params = _params(args)
     task = load_task_data(params, args.data)
     device = _device(params)
     loader = _loader(params, task.task_test, False, params["finetune"]["batch_size"], 0)
-    pruned, _ = _load_model(args.pruned)
+    pruned, _ = _load_model(args.pruned, params, stage="pruned")
     before = accuracy(pruned.to(device), loader, device)
-    model, meta = _load_model(args.model)
+    model, meta = _load_model(args.model, params, stage="finetuned", pruned=file_fingerprint(args.pruned))
     metrics = evaluate_model(model, loader, device, _input_size(params),
                              latency_batches=tuple(params["evaluate"]["latency_batches"]),
                              latency_reps=params["evaluate"]["latency_reps"])
@@ -408,6 +433,7 @@ def cmd_samples(args: argparse.Namespace) -> None:
 
     from mapex.data import balanced_subset
     from mapex.evaluate import accuracy
+    from mapex.identity import file_fingerprint
     from mapex.io import write_text
     from mapex.statistics import rank_correlation
 
@@ -415,6 +441,7 @@ def cmd_samples(args: argparse.Namespace) -> None:
     study = params["samples_study"]
     task = load_task_data(params, args.data)
     model = _task_model(params, task, args.model)
+    baseline = file_fingerprint(args.model)
     device = _device(params)
     test_loader = _loader(params, task.task_test, False, params["statistics"]["batch_size"], 0)
     checkpoints = _checkpoint_dir(Path(args.out))  # a killed study resumes its fine-tuning runs
@@ -427,7 +454,8 @@ def cmd_samples(args: argparse.Namespace) -> None:
             pruned = copy.deepcopy(model).cpu()
             _prune_task_model(params, pruned, study["criterion"], scores, study["ratio"], seed)
             before = accuracy(pruned.to(device), test_loader, device)["top1"]
-            _fit(params, pruned, params["finetune"], seed, task.task_train, task.task_val, checkpoints / f"n{n}_s{seed}")
+            _fit(params, pruned, params["finetune"], seed, task.task_train, task.task_val, checkpoints / f"n{n}_s{seed}",
+                 source=baseline)
             rows.append({"criterion": study["criterion"], "n_per_class": n, "seed": seed,
                          "spearman": rank_correlation(scores, reference), "top1_before_finetune": before,
                          "top1": accuracy(pruned, test_loader, device)["top1"]})
@@ -509,6 +537,7 @@ OUT = ("--out", {"required": True, "help": "output file"})
 MODEL = ("--model", {"required": True, "help": "model file"})
 SEED = ("--seed", {"type": int, "required": True})
 THREADS = ("--threads", {"type": int, "default": None, "help": "CPU threads for torch (default: all)"})
+RESTART = ("--restart", {"action": "store_true", "help": "discard a checkpoint left by an earlier run"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -528,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
          ("--json", {"help": "also write the summary as JSON to this file"}))
 
     _add(sub, "train", cmd_train, "Train the baseline on all source classes; evaluate it on the test split.",
-         PARAMS, DATA, OUT, THREADS, ("--metrics", {"required": True}), ("--history", {"required": True}))
+         PARAMS, DATA, OUT, THREADS, RESTART, ("--metrics", {"required": True}), ("--history", {"required": True}))
     _add(sub, "scores", cmd_scores, "Per-filter scores of one criterion over N task samples per class.",
          PARAMS, DATA, MODEL, OUT, SEED, THREADS, ("--criterion", {"required": True}),
          ("--n-per-class", {"type": int, "default": None, "help": "default: statistics.samples_per_class"}))
@@ -536,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
          PARAMS, DATA, MODEL, OUT, SEED, THREADS, ("--criterion", {"required": True}),
          ("--ratio", {"type": float, "required": True}), ("--scores", {"default": None}))
     _add(sub, "finetune", cmd_finetune, "Fine-tune a (pruned) task model; best epoch chosen on validation.",
-         PARAMS, DATA, MODEL, OUT, SEED, THREADS, ("--history", {"required": True}))
+         PARAMS, DATA, MODEL, OUT, SEED, THREADS, RESTART, ("--history", {"required": True}))
     _add(sub, "evaluate", cmd_evaluate, "Test top-1, params, MACs, size and latency of a fine-tuned model.",
          PARAMS, DATA, MODEL, OUT, THREADS, ("--pruned", {"required": True, "help": "the model before fine-tuning"}))
     _add(sub, "samples", cmd_samples, "Pruning in multiple samples: score rank correlation and accuracy against N.",
