@@ -102,6 +102,7 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path) -> TaskData:
     the task classes, so no task validation image was seen by the baseline's training.
     """
     from mapex.data import select_classes, stratified_split
+    from mapex.data.check import require_images
 
     root = Path(data_dir)
     if not root.is_dir():
@@ -115,7 +116,7 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path) -> TaskData:
     test = _capped(_read_split(root, dp, _test_split_name(dp["format"]), problems), dp["max_test_per_class"], seed)
     source_train, source_val = stratified_split(train_all, dp["val_fraction"], seed)
     task = dp["task_classes"]
-    return TaskData(
+    splits = TaskData(
         source_classes=list(train_all.classes),
         source_train=source_train,
         source_val=source_val,
@@ -125,6 +126,9 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path) -> TaskData:
         task_test=select_classes(test, task),
         skipped=_skipped_per_kind(problems),
     )
+    require_images({name: getattr(splits, name) for name in ("source_train", "source_val", "source_test",
+                                                               "task_train", "task_val", "task_test")})
+    return splits
 
 
 def _loader(params: dict[str, Any], index, train: bool, batch_size: int, seed: int):

@@ -44,7 +44,8 @@ DEFAULT_ACTIONS: dict[str, str] = {
     "unknown-class": "skip",  # a box whose class is not in the dataset's class list
     "empty-box": "skip",  # a box of zero width or height
     "inverted-box": "skip",  # a box with x1 < x0 or y1 < y0
-    "box-outside-image": "skip",  # a box reaching past the image border (clipped when skipped)
+    "box-outside-image": "skip",  # a box reaching past the image border by more than the tolerance (clipped)
+    "bad-box": "skip",  # a box mostly outside the image, or a coordinate beyond twice the image size
     "mixed-classes": "skip",  # label_rule "agree": boxes of more than one class in one image
 }
 """Every problem kind, with its default action."""
@@ -55,6 +56,10 @@ SPLITS = ("train", "test", "all")
 LABEL_RULES = ("largest", "agree")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 CSV_COLUMNS = ("image", "label", "x0", "y0", "x1", "y1")
+BORDER_TOLERANCE_PX = 0.5
+BORDER_TOLERANCE_FRACTION = 1e-3
+"""A box may overshoot the border by the larger of these unreported (rounding in exports such as
+YOLO's 6-decimal fractions); it is clipped all the same."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,9 +280,9 @@ def _decoded_size(file: Path, content: bytes, log: ProblemLog) -> tuple[int, int
 def _checked_boxes(image: RawImage, size: tuple[int, int], log: ProblemLog) -> list[tuple[str, Box]] | None:
     """The image's boxes as ``(class id, clipped pixel box)``; ``None`` when the image must be dropped.
 
-    A box of an unknown class, or an empty or inverted one, drops the whole image: leaving the box
-    out would count an object's pixels as background. A box past the border is clipped (and left
-    out if nothing remains); an image left without boxes is dropped.
+    A box of an unknown class, or an empty, inverted or bad one, drops the whole image: leaving the
+    box out would count an object's pixels as background. A box a little past the border is
+    clipped (reported beyond the border tolerance).
     """
     if not image.boxes:
         log.report("no-box", image.file, "the image has no box")
@@ -286,14 +291,12 @@ def _checked_boxes(image: RawImage, size: tuple[int, int], log: ProblemLog) -> l
     usable = True
     for box in image.boxes:
         coords = _pixel_coords(box, size)
-        fault = _box_fault(box, coords)
+        fault = _box_fault(box, coords, size)
         if fault is not None:
             log.report(fault[0], image.file, fault[1])
             usable = False
             continue
-        clipped = _clipped(coords, size, image.file, log)
-        if clipped is not None:
-            checked.append((box.label, clipped))
+        checked.append((box.label, _clipped(coords, size, image.file, log)))
     return checked if usable and checked else None
 
 
@@ -305,31 +308,48 @@ def _pixel_coords(box: RawBox, size: tuple[int, int]) -> Box:
     return (x0 * width, y0 * height, x1 * width, y1 * height)
 
 
-def _box_fault(box: RawBox, coords: Box) -> tuple[str, str] | None:
-    """The kind and detail of a fault that makes the box unusable, or ``None``."""
+def _box_fault(box: RawBox, coords: Box, size: tuple[int, int]) -> tuple[str, str] | None:
+    """The kind and detail of a fault that makes the box unusable, or ``None``.
+
+    ``bad-box``: a coordinate outside ``[-size, 2 * size]`` (an absurd value, not a rounding
+    error) or less than half the box inside the image: clipping it would keep a box that does not
+    say where the object is.
+    """
     x0, y0, x1, y1 = coords
+    width, height = size
     if box.label is None:
         return "unknown-class", f"class '{box.written}' is not in the class list"
     if x1 < x0 or y1 < y0:
         return "inverted-box", f"box {_format_box(coords)} has x1 < x0 or y1 < y0"
     if x1 == x0 or y1 == y0:
         return "empty-box", f"box {_format_box(coords)} has zero area"
+    if not (-width <= x0 and x1 <= 2 * width and -height <= y0 and y1 <= 2 * height):
+        return "bad-box", f"box {_format_box(coords)} has a coordinate beyond twice the {width}x{height} image"
+    if _area(_clip(coords, size)) < 0.5 * _area(coords):
+        return "bad-box", f"box {_format_box(coords)} lies mostly outside the {width}x{height} image"
     return None
 
 
-def _clipped(coords: Box, size: tuple[int, int], file: Path, log: ProblemLog) -> Box | None:
-    """The box clipped to the image (reported when that changes it); ``None`` when nothing remains."""
+def _clipped(coords: Box, size: tuple[int, int], file: Path, log: ProblemLog) -> Box:
+    """The box clipped to the image; reported when it overshot by more than the border tolerance."""
+    clipped = _clip(coords, size)
+    overshoot_x = max(clipped[0] - coords[0], coords[2] - clipped[2])
+    overshoot_y = max(clipped[1] - coords[1], coords[3] - clipped[3])
     width, height = size
-    x0, y0, x1, y1 = coords
-    clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
-    if clipped == coords:
-        return coords
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        detail = f"box {_format_box(coords)} lies outside the {width}x{height} image; dropped"
-        log.report("box-outside-image", file, detail)
-        return None
-    log.report("box-outside-image", file, f"box {_format_box(coords)} clipped to the {width}x{height} image")
+    if overshoot_x > _tolerance(width) or overshoot_y > _tolerance(height):
+        log.report("box-outside-image", file, f"box {_format_box(coords)} clipped to the {width}x{height} image")
     return clipped
+
+
+def _clip(coords: Box, size: tuple[int, int]) -> Box:
+    x0, y0, x1, y1 = coords
+    width, height = size
+    return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), max(min(x1, float(width)), 0.0),
+            max(min(y1, float(height)), 0.0))
+
+
+def _tolerance(side: int) -> float:
+    return max(BORDER_TOLERANCE_PX, BORDER_TOLERANCE_FRACTION * side)
 
 
 def _format_box(coords: Box) -> str:
