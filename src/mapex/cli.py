@@ -126,8 +126,9 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path) -> TaskData:
         task_test=select_classes(test, task),
         skipped=_skipped_per_kind(problems),
     )
-    require_images({name: getattr(splits, name) for name in ("source_train", "source_val", "source_test",
-                                                               "task_train", "task_val", "task_test")})
+    require_images({"training": source_train, "validation": source_val, "test": test,
+                    "task training": splits.task_train, "task validation": splits.task_val,
+                    "task test": splits.task_test})
     return splits
 
 
@@ -219,12 +220,10 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    import json
-
     from mapex.data.check import check_dataset
     from mapex.data.formats import ProblemPolicy
 
-    policy = ProblemPolicy.from_dict(json.loads(args.problems)) if args.problems else None
+    policy = ProblemPolicy.from_json(args.problems) if args.problems else None
     report = check_dataset(Path(args.path), args.format, policy=policy)
     print(report.format_text())
     if args.json:

@@ -87,6 +87,15 @@ class ProblemPolicy:
             raise UserError(f"data.problems: expected a mapping of problem kind to error|skip, got {overrides!r}")
         return cls(dict(overrides or {}))
 
+    @classmethod
+    def from_json(cls, text: str, source: str = "--problems") -> ProblemPolicy:
+        """The policy from a JSON object such as ``{"no-box": "error"}`` (the CLI's ``--problems``)."""
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{source}: not valid JSON ({err}); e.g. '{{\"no-box\": \"error\"}}'") from err
+        return cls.from_dict(overrides)
+
 
 @dataclass(frozen=True)
 class Problem:
