@@ -112,3 +112,19 @@ def make_pipeline(root: Path) -> Pipeline:
         ):
             assert main(argv) == 0, argv
     return pipeline
+
+
+def leave_checkpoint(pipeline: Pipeline, params: dict) -> Path:
+    """A fine-tuning checkpoint of ``pipeline.pruned`` left behind, as by a killed ``finetune --out t2.pt``.
+
+    Returns its path relative to the pipeline's root."""
+    from mapex.cli import _fit, load_task_data
+    from mapex.identity import file_fingerprint
+    from mapex.prune import load_pruned
+
+    model, _ = load_pruned(pipeline.root / pipeline.pruned)
+    with working_in(pipeline.root):
+        task = load_task_data(params, pipeline.data)
+        _fit(params, model, params["finetune"], 0, task.task_train, task.task_val,
+             pipeline.checkpoint_of("t2.pt").parent, file_fingerprint(pipeline.pruned))
+    return pipeline.checkpoint_of("t2.pt")

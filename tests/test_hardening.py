@@ -18,7 +18,7 @@ from mapex.data.formats import DEFAULT_ACTIONS
 from mapex.prune import load_scores, save_scores
 
 from conftest import REPO
-from pipeline_files import Pipeline, make_pipeline, tiny_params, working_in
+from pipeline_files import Pipeline, leave_checkpoint, make_pipeline, tiny_params, working_in
 
 
 @pytest.fixture(scope="module")
@@ -171,22 +171,8 @@ def test_evaluate_refuses_a_pruned_model_the_tuned_one_was_not_made_from(run: Pi
     assert f"{run.tuned}: made from something else (pruned is '" in error
 
 
-def _leave_checkpoint(run: Pipeline, params: dict) -> Path:
-    """A fine-tuning checkpoint of ``run.pruned`` left behind, as by a killed ``finetune --out t2.pt``."""
-    from mapex.cli import _fit, load_task_data
-    from mapex.identity import file_fingerprint
-    from mapex.prune import load_pruned
-
-    model, _ = load_pruned(run.root / run.pruned)
-    with working_in(run.root):
-        task = load_task_data(params, run.data)
-        _fit(params, model, params["finetune"], 0, task.task_train, task.task_val,
-             run.checkpoint_of("t2.pt").parent, file_fingerprint(run.pruned))
-    return run.checkpoint_of("t2.pt")
-
-
 def test_a_resume_on_changed_data_names_the_key_and_the_file_to_delete(run: Pipeline, capsys) -> None:
-    checkpoint = _leave_checkpoint(run, tiny_params(data={"val_fraction": 0.5}))
+    checkpoint = leave_checkpoint(run, tiny_params(data={"val_fraction": 0.5}))
     error = cli_error(run, run.commands()["finetune"], capsys)
     assert f"{checkpoint} was written for other inputs (data: '" in error
     assert f"delete {checkpoint} to start over, or pass --restart" in error
@@ -195,14 +181,14 @@ def test_a_resume_on_changed_data_names_the_key_and_the_file_to_delete(run: Pipe
 
 
 def test_a_truncated_checkpoint_names_the_file_to_delete(run: Pipeline, capsys) -> None:
-    checkpoint = _leave_checkpoint(run, tiny_params())
+    checkpoint = leave_checkpoint(run, tiny_params())
     (run.root / checkpoint).write_bytes((run.root / checkpoint).read_bytes()[:1000])
     error = cli_error(run, run.commands()["finetune"], capsys)
     assert f"{checkpoint}: " in error and f"delete {checkpoint} to start over, or pass --restart" in error
 
 
 def test_a_resume_after_the_architecture_changed_is_refused(run: Pipeline, capsys) -> None:
-    _leave_checkpoint(run, tiny_params())
+    leave_checkpoint(run, tiny_params())
     with working_in(run.root):  # the same output, now fine-tuning the unpruned baseline's shapes
         assert main(with_arg(with_arg(run.commands()["prune"], "--ratio", "0.2"), "--out", "p2.pt")) == 0
     error = cli_error(run, with_arg(run.commands()["finetune"], "--model", "p2.pt"), capsys)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mapex.criteria import get_criterion
 from mapex.io import UserError
+from mapex.models import build_model
 from mapex.prune import default_exempt, kept_count, load_pruned, prune_model, save_pruned
 
 NUM_CLASSES = 20
@@ -228,20 +229,56 @@ def test_default_exempt_finds_the_first_conv_and_the_classifier() -> None:
     assert default_exempt(build("plain"), INPUT) == ["stem", "fc"]
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    model = build("resnet18")
+@pytest.mark.parametrize("arch, stem", [("resnet18", "imagenet"), ("mobilenet_v2", "small"), ("vgg16_bn", "small")])
+def test_save_and_load_round_trip(tmp_path: Path, arch: str, stem: str) -> None:
+    """The file holds weights only; the loaded model is rebuilt to the pruned shapes (depthwise groups
+    included) and gives the same outputs; the stem is found from the model when meta lacks it."""
+    torch.manual_seed(0)
+    model = build_model(arch, NUM_CLASSES, stem=stem).eval()
     criterion = get_criterion("l1")
     criterion.compute(model)
     report = prune_model(model, criterion, 0.5, INPUT)
-    save_pruned(model, tmp_path / "pruned.pt", {"report": report.to_dict()})
+    save_pruned(model, tmp_path / "pruned.pt", {"arch": arch, "report": report.to_dict()})
+    assert torch.load(tmp_path / "pruned.pt", weights_only=True)["format"] == "mapex-model/2"
     loaded, meta = load_pruned(tmp_path / "pruned.pt")
     assert meta["report"]["kept"] == report.kept
+    assert (meta["stem"], meta["num_classes"]) == (stem, NUM_CLASSES)
     with torch.no_grad():
-        assert torch.equal(loaded.eval()(INPUT), model.eval()(INPUT))
-    assert loaded.layer2[0].conv1.out_channels == 64
+        assert torch.equal(loaded.eval()(INPUT), model(INPUT))
+    assert [p.shape for p in loaded.parameters()] == [p.shape for p in model.parameters()]
+    assert all(p.requires_grad for p in loaded.parameters())
+
+
+def test_save_refuses_a_model_that_could_not_be_rebuilt(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="match no stem of resnet34"):
+        save_pruned(build("resnet18"), tmp_path / "m.pt", {"arch": "resnet34"})
+    with pytest.raises(ValueError, match="needs meta\\['arch'\\]"):
+        save_pruned(build("resnet18"), tmp_path / "m.pt", {})
 
 
 def test_loading_something_else_is_a_user_error(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a pruned model"):
+    with pytest.raises(UserError, match="other.pt: not a model saved by mapex"):
         load_pruned(tmp_path / "other.pt")
+
+
+def test_an_old_whole_module_file_is_not_unpickled(tmp_path: Path) -> None:
+    torch.save({"model": build("resnet18"), "meta": {}}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="old.pt: a whole-module pickle .* delete it and rerun the stage"):
+        load_pruned(tmp_path / "old.pt")
+
+
+def test_weights_that_contradict_the_meta_are_named(tmp_path: Path) -> None:
+    save_pruned(build_model("tiny-cnn", 4), tmp_path / "m.pt", {"arch": "tiny-cnn"})
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    saved["meta"]["arch"] = "tiny-resnet"
+    torch.save(saved, tmp_path / "lies.pt")
+    with pytest.raises(UserError, match="lies.pt: its weights do not fit a tiny-resnet"):
+        load_pruned(tmp_path / "lies.pt")
+
+
+def test_expected_identity_is_checked_key_by_key(tmp_path: Path) -> None:
+    save_pruned(build_model("tiny-cnn", 4), tmp_path / "m.pt", {"arch": "tiny-cnn", "criterion": "l1"})
+    assert load_pruned(tmp_path / "m.pt", expect={"arch": "tiny-cnn", "num_classes": 4})[1]["criterion"] == "l1"
+    with pytest.raises(UserError, match="criterion is 'l1', expected 'map-ex'; it has no data"):
+        load_pruned(tmp_path / "m.pt", expect={"criterion": "map-ex", "data": "abc"})

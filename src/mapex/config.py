@@ -68,8 +68,10 @@ def load_params(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: params file not found")
     try:
         params = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from err
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(params, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, train, ...)")
     return validate_params(params, str(path))

@@ -420,7 +420,7 @@ def _read_voc(root: Path, log: ProblemLog) -> RawDataset:
     if not annotations.is_dir():
         log.report("missing-annotation", annotations, "Pascal VOC needs an Annotations/ folder of XML files")
         return RawDataset([])
-    listed = _voc_listed_ids(root / "ImageSets" / "Main")
+    listed = _voc_listed_ids(root / "ImageSets" / "Main", log)
     if listed is None:
         listed = [(xml.stem, None) for xml in sorted(annotations.glob("*.xml"))]
     images = []
@@ -432,7 +432,7 @@ def _read_voc(root: Path, log: ProblemLog) -> RawDataset:
     return RawDataset(images)
 
 
-def _voc_listed_ids(main: Path) -> list[tuple[str, str | None]] | None:
+def _voc_listed_ids(main: Path, log: ProblemLog) -> list[tuple[str, str | None]] | None:
     """Image ids with their split from ImageSets/Main, or ``None`` when it has no train list.
 
     ``train`` is trainval.txt, else train.txt plus val.txt; ``test`` is test.txt. Without test.txt
@@ -445,14 +445,24 @@ def _voc_listed_ids(main: Path) -> list[tuple[str, str | None]] | None:
         return None
     test_file = main / "test.txt"
     has_test = test_file.is_file()
-    listed = [(image_id, "train" if has_test else None) for path in train_files for image_id in _first_words(path)]
+    tag = "train" if has_test else None
+    listed = [(image_id, tag) for path in train_files for image_id in _first_words(path, log)]
     if has_test:
-        listed += [(image_id, "test") for image_id in _first_words(test_file)]
+        listed += [(image_id, "test") for image_id in _first_words(test_file, log)]
     return listed
 
 
-def _first_words(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+def _first_words(path: Path, log: ProblemLog) -> list[str]:
+    return [line.split()[0] for line in (_text(path, log) or "").splitlines() if line.strip()]
+
+
+def _text(path: Path, log: ProblemLog) -> str | None:
+    """The file's text, or ``None`` when it is not UTF-8 (reported as a bad annotation)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        log.report("bad-annotation", path, f"not UTF-8 text ({err.reason} at byte {err.start})")
+        return None
 
 
 def _read_voc_xml(root: Path, xml: Path, log: ProblemLog) -> RawImage | None:
@@ -585,15 +595,18 @@ def _yolo_names(root: Path, log: ProblemLog) -> dict[int, str] | None:
         return _yolo_yaml_names(data_yaml, log)
     for classes_txt in (root / "classes.txt", root / "labels" / "classes.txt"):
         if classes_txt.is_file():
-            lines = [line.strip() for line in classes_txt.read_text().splitlines() if line.strip()]
-            return dict(enumerate(lines))
+            text = _text(classes_txt, log)
+            return None if text is None else dict(enumerate(line.strip() for line in text.splitlines() if line.strip()))
     log.report("missing-annotation", data_yaml, "YOLO needs class names: data.yaml with 'names:', or classes.txt")
     return None
 
 
 def _yolo_yaml_names(data_yaml: Path, log: ProblemLog) -> dict[int, str] | None:
+    text = _text(data_yaml, log)
+    if text is None:
+        return None
     try:
-        names = yaml.safe_load(data_yaml.read_text())["names"]
+        names = yaml.safe_load(text)["names"]
         if isinstance(names, list):
             return {index: str(name) for index, name in enumerate(names)}
         if isinstance(names, dict):
@@ -628,8 +641,11 @@ def _read_yolo_labels(label_file: Path, names: dict[int, str] | None, log: Probl
     """Boxes of one label file (``class cx cy w h``, normalised); ``None`` when a line is bad (reported)."""
     if not label_file.is_file():
         return []
+    text = _text(label_file, log)
+    if text is None:
+        return None
     boxes = []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -655,14 +671,20 @@ def _read_csv(root: Path, log: ProblemLog) -> RawDataset:
         log.report("missing-annotation", table, f"the CSV format needs boxes.csv with columns {','.join(CSV_COLUMNS)}")
         return RawDataset([])
     image_dir = root / "images" if (root / "images").is_dir() else root
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        rows = csv.DictReader(handle)
+    text = _text(table, log)
+    if text is None:
+        return RawDataset([])
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [column for column in CSV_COLUMNS if column not in (rows.fieldnames or [])]
         if missing:
             detail = f"missing column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}"
             log.report("bad-annotation", table, detail)
             return RawDataset([])
         boxes, broken = _csv_boxes(rows, table, log)
+    except csv.Error as err:
+        log.report("bad-annotation", table, f"not a CSV table ({err})")
+        return RawDataset([])
     listed = [RawImage(image_dir / name, image_boxes) for name, image_boxes in boxes.items() if name not in broken]
     named = boxes.keys() | broken
     unlisted = [
