@@ -18,6 +18,7 @@ from mapex.io import UserError, load_torch
 
 DIGITS = 16
 """Hex digits kept of a sha256: enough to tell files and settings apart, short enough to read."""
+_MISSING = object()
 
 
 def fingerprint(value: Any) -> str:
@@ -43,7 +44,7 @@ def data_fingerprint(params: Mapping[str, Any]) -> str:
 def check_identity(meta: Mapping[str, Any], expected: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Raise one :class:`UserError` naming ``path`` and every key of ``expected`` that ``meta`` differs in."""
     differences = [
-        f"{key} is {meta[key]!r}, expected {value!r}" if key in meta else f"it has no {key}"
+        f"{key} is {_short(meta[key])}, expected {_short(value)}" if key in meta else f"it has no {key}"
         for key, value in expected.items()
         if meta.get(key, _MISSING) != value
     ]
@@ -52,7 +53,9 @@ def check_identity(meta: Mapping[str, Any], expected: Mapping[str, Any], path: s
                         "regenerate it, or use the file made for these inputs")
 
 
-_MISSING = object()
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_checked(path: str | os.PathLike, format: str, what: str,
