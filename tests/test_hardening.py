@@ -143,6 +143,12 @@ def test_scores_of_another_architecture_are_refused(run: Pipeline, capsys) -> No
     assert "other.pt: made from something else (arch is 'resnet34', expected 'tiny-cnn')" in error
 
 
+def test_scores_computed_with_another_score_setting_are_refused(run: Pipeline, capsys) -> None:
+    (run.root / "ratio.yaml").write_text(yaml.safe_dump(tiny_params(statistics={"score": "ratio"})))
+    error = cli_error(run, with_arg(run.commands()["prune"], "--params", "ratio.yaml"), capsys)
+    assert f"{run.scores}: made from something else (score is 'diff', expected 'ratio')" in error
+
+
 def test_scores_of_another_baseline_are_refused(run: Pipeline, capsys) -> None:
     (run.root / "longer.yaml").write_text(yaml.safe_dump(tiny_params(train={"epochs": 2})))
     other = with_arg(with_arg(run.commands()["train"], "--params", "longer.yaml"), "--out", "other-base.pt")

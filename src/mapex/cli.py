@@ -305,6 +305,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
     meta = {
         **_identity(params),
         "baseline": file_fingerprint(args.model),
+        "num_classes": len(task.task_test.classes),
         "criterion": args.criterion,
         "score": params["statistics"]["score"],
         "n_per_class": n,
@@ -337,8 +338,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     elif args.scores is None:
         raise UserError(f"prune --criterion {args.criterion} needs --scores (a file written by `mapex scores`)")
     else:
-        scores, _ = load_scores(args.scores, expect={**_identity(params), "criterion": args.criterion,
-                                                       "baseline": file_fingerprint(args.model)})
+        scores, _ = load_scores(args.scores, expect={
+            **_identity(params), "baseline": file_fingerprint(args.model), "num_classes": len(task.task_test.classes),
+            "criterion": args.criterion, "score": params["statistics"]["score"]})
         report = _prune_task_model(params, model, args.criterion, scores, args.ratio, args.seed)
     meta = {
         **_identity(params),

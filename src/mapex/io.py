@@ -80,8 +80,8 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a file written by :func:`save_torch`, tensors and plain containers only.
+def load_torch(path: str | os.PathLike) -> Any:
+    """Load a file written by :func:`save_torch` onto the CPU, tensors and plain containers only.
 
     ``weights_only=True``: a crafted file cannot run code while being read. Anything that is not
     such a file (empty, truncated, text, an image, a plain pickle, a whole-module pickle) is a
@@ -91,7 +91,7 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(f"{path}: {_unsafe_content(str(err))}") from err
     except EOFError as err:
