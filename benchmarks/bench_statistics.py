@@ -2,6 +2,11 @@
 
     python benchmarks/bench_statistics.py                      # synthetic 64x64 images and boxes
     python benchmarks/bench_statistics.py --data DIR/tiny-imagenet-20 --images 250
+    python benchmarks/bench_statistics.py --field effective --baseline theoretical   # the field's cost
+
+``--baseline theoretical`` times the scoring against the same scoring with the theoretical
+receptive field instead of a forward pass (``--field effective``: the cost of measuring the
+effective fields and weighting under them).
 
 ResNet-18 (torchvision, random weights, 20-class head) in eval mode. Both timings run in the same
 process, interleaved, over the same pre-built batches; the scoring time includes tracing the model.
@@ -19,7 +24,7 @@ from typing import Callable
 import torch
 import torchvision
 
-from mapex.statistics import filter_scores
+from mapex.statistics import FIELDS, TAPS, filter_scores
 
 Batch = tuple[torch.Tensor, list[torch.Tensor]]
 
@@ -48,17 +53,25 @@ def tiny_imagenet_batches(root: Path, images: int, batch_size: int, size: int, s
 
 
 def seconds(run: Callable[[], object]) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call."""
+    """Wall-clock and process CPU seconds of one call (CUDA work finished before each clock is read)."""
+    synchronise()
     wall, cpu = time.perf_counter(), time.process_time()
     run()
+    synchronise()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def synchronise() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def forward_only(model: torch.nn.Module, batches: list[Batch]) -> None:
     model.eval()
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for images, _boxes in batches:
-            model(images)
+            model(images.to(device))
 
 
 def main() -> None:
@@ -69,34 +82,45 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--method", default="map-ex", choices=["map", "map-ex"])
+    parser.add_argument("--field", default="theoretical", choices=FIELDS)
+    parser.add_argument("--tap", default="consumed", choices=TAPS)
+    parser.add_argument("--baseline", default="forward", choices=["forward", "theoretical"],
+                        help="time against a forward pass, or against the scoring with the theoretical field")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
-    model = torchvision.models.resnet18(num_classes=20)
+    model = torchvision.models.resnet18(num_classes=20).to(args.device)
     if args.data:
         batches = tiny_imagenet_batches(args.data, args.images, args.batch_size, args.size, args.seed)
     else:
         batches = synthetic_batches(args.images, args.batch_size, args.size, args.seed)
 
+    def scores(field: str) -> Callable[[], object]:
+        return lambda: filter_scores(model, batches, method=args.method, progress=False, tap=args.tap, field=field)
+
+    baseline = (lambda: forward_only(model, batches)) if args.baseline == "forward" else scores("theoretical")
     forward_only(model, batches[:1])  # warm-up: allocator, thread pool, oneDNN kernels
     rows = []
     for _ in range(args.repeats):
-        forward = seconds(lambda: forward_only(model, batches))
-        scoring = seconds(lambda: filter_scores(model, batches, method=args.method, progress=False))
-        rows.append((forward, scoring))
+        rows.append((seconds(baseline), seconds(scores(args.field))))
 
     print(f"resnet18, {sum(len(b[0]) for b in batches)} images of {args.size}x{args.size}, "
-          f"batch {args.batch_size}, method {args.method}, {torch.get_num_threads()} threads")
-    print_table(rows)
+          f"batch {args.batch_size}, method {args.method}, tap {args.tap}, field {args.field} "
+          f"against {args.baseline}, {args.device}, {torch.get_num_threads()} threads")
+    print_table(rows, *BASELINE_COLUMNS[args.baseline])
 
 
-def print_table(rows: list[tuple[tuple[float, float], tuple[float, float]]]) -> None:
-    """One line per repeat, then the minimum and the median of each column."""
-    print(f"{'':>7} {'forward s':>10} {'scores s':>9} {'ratio':>6} {'fwd cpu s':>10} {'scr cpu s':>10} {'ratio':>6}")
+BASELINE_COLUMNS = {"forward": ("forward s", "fwd cpu s"), "theoretical": ("theor. s", "thr cpu s")}
+
+
+def print_table(rows: list[tuple[tuple[float, float], tuple[float, float]]], wall: str, cpu: str) -> None:
+    """One line per repeat, then the minimum and the median of each column (baseline, scoring, ratio)."""
+    print(f"{'':>7} {wall:>10} {'scores s':>9} {'ratio':>6} {cpu:>10} {'scr cpu s':>10} {'ratio':>6}")
 
     def line(label: str, forward: tuple[float, float], scoring: tuple[float, float]) -> None:
         print(f"{label:>7} {forward[0]:>10.3f} {scoring[0]:>9.3f} {scoring[0] / forward[0]:>6.2f} "

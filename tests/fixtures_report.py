@@ -1,4 +1,4 @@
-"""Synthetic result files for the report tests, in the formats the CLI writes."""
+"""Synthetic result files for the report tests, in the formats the pipeline writes."""
 from __future__ import annotations
 
 import json
@@ -7,44 +7,118 @@ from pathlib import Path
 import numpy as np
 
 LAYERS = {"conv1": 16, "layer1.0.conv1": 16, "layer2.0.conv1": 32, "layer3.0.conv1": 64}
+TASKS = {"t0": 20, "t1": 40}
+"""Task name -> number of test images."""
+TASK_OFFSET = {"t0": 0.0, "t1": -0.10}
+SEEDS = (0, 1, 2)
+RATIOS = (0.3, 0.6)
+ENV = {"cpu": "test-cpu", "device": "cpu", "threads": 2, "torch": "2.5.0"}
+
+# row -> (base criterion, global, test accuracy at ratio 0.3 and seed 0 in t0, validation accuracy)
+ROWS = {
+    "map-ex": ("map-ex", False, 0.80, 0.70),
+    "l1": ("l1", False, 0.70, 0.75),
+    "bn-scale": ("bn-scale", False, 0.75, 0.60),
+    "l1-global": ("l1", True, 0.65, 0.65),
+    "random": ("random", False, 0.50, 0.50),
+}
+"""bn-scale is better than l1 on test but worse on validation: the best baseline is l1."""
 
 
-def run_record(criterion: str, ratio: float, seed: int, top1: float, latency_b64: float, **extra) -> dict:
-    """A complete run record; sizes shrink with ``ratio`` so that every metric is known by hand."""
+def correct_pattern(n: int, accuracy: float, seed: int) -> np.ndarray:
+    """``round(accuracy · n)`` right answers out of ``n``, at image positions that move with the seed."""
+    k = round(accuracy * n)
+    return (np.arange(n) + 7 * seed) % n < k
+
+
+def run_record(task: str, criterion: str, ratio: float, seed: int, accuracy: float, n: int = 20,
+               base_criterion: str | None = None, global_: bool = False, val_top1: float | None = None,
+               correct: np.ndarray | None = None, **extra) -> dict:
+    """A complete run record; its predictions are right on ``correct`` (default :func:`correct_pattern`).
+
+    Sizes shrink with ``ratio`` so that every metric is known by hand; global rows keep more
+    filters in early layers and fewer in late ones.
+    """
+    correct = correct_pattern(n, accuracy, seed) if correct is None else np.asarray(correct, bool)
+    labels = np.arange(len(correct)) % 5
+    preds = np.where(correct, labels, (labels + 1) % 5)
     kept = 1.0 - ratio
+    factors = np.linspace(1.4, 0.6, len(LAYERS)) if global_ else np.ones(len(LAYERS))
     record = {
-        "criterion": criterion, "ratio": ratio, "seed": seed, "arch": "tiny-cnn",
-        "top1": top1, "top5": 0.99, "n_test": 250,
+        "task": task, "criterion": criterion, "base_criterion": base_criterion or criterion, "global": global_,
+        "ratio": ratio, "seed": seed, "arch": "tiny-cnn",
+        "top1": float(correct.mean()), "top5": 0.99, "n": len(correct),
+        "val_top1": accuracy if val_top1 is None else val_top1, "top1_before_finetune": float(correct.mean()) / 2,
         "params": 1_000_000 * kept, "macs": 50_000_000 * kept, "size_bytes": 4_000_000 * kept,
-        "latency_ms_cpu_b1": 2.0, "latency_ms_cpu_b64": latency_b64,
-        "params_removed": ratio, "macs_removed": ratio,
+        "params_removed": ratio, "macs_removed": ratio, "best_epoch": 1,
         "filters_before": dict(LAYERS),
-        "filters_after": {name: (n if name == "conv1" else round(n * kept) + seed) for name, n in LAYERS.items()},
-        "top1_before_finetune": top1 / 2,
+        "filters_after": {name: (n_filters if name == "conv1" else min(n_filters, round(n_filters * kept * f)))
+                          for (name, n_filters), f in zip(LAYERS.items(), factors)},
+        "env": dict(ENV),
+        "predictions": {"label": labels.tolist(), "pred": preds.tolist()},
     }
     return {**record, **extra}
 
 
 def write_run(folder: Path, record: dict) -> Path:
-    """Write ``record`` where the CLI would: ``<folder>/<criterion>/r<ratio>/s<seed>.json``."""
-    path = folder / record["criterion"] / f"r{record['ratio']}" / f"s{record['seed']}.json"
+    """Write ``record`` as ``<folder>/<task>/<criterion>/r<ratio>/s<seed>.json``."""
+    path = folder / record.get("task", "no-task") / record["criterion"] / f"r{record['ratio']}" / f"s{record['seed']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
     return path
 
 
-def standard_runs(folder: Path, extra_criterion: str | None = None) -> list[Path]:
-    """"none" + map-ex + l1 (+ ``extra_criterion``) at ratios 0.3 and 0.6, seeds 0 and 1.
+def row_accuracy(base: float, task: str, ratio: float, seed: int) -> float:
+    """Test accuracy of a standard run: ``base`` − 0.05 at ratio 0.6, + 0.05 per seed, + the task offset."""
+    return round(base - (0.05 if ratio > 0.5 else 0.0) + 0.05 * seed + TASK_OFFSET[task], 2)
 
-    top1 = base − ratio/10 + seed/50; CPU b64 latency = 100·(1 − ratio) + 10·seed ms.
-    """
-    records = [run_record("none", 0.0, s, 0.80 + s / 50, 100.0 + 10 * s) for s in (0, 1)]
-    bases = {"map-ex": 0.78, "l1": 0.70, **({extra_criterion: 0.60} if extra_criterion else {})}
-    records += [
-        run_record(crit, ratio, s, base - ratio / 10 + s / 50, 100.0 * (1 - ratio) + 10 * s)
-        for crit, base in bases.items() for ratio in (0.3, 0.6) for s in (0, 1)
-    ]
+
+def standard_runs(folder: Path, extra_criterion: str | None = None) -> list[Path]:
+    """Tasks t0 (20 images) and t1 (40), seeds 0–2: "none" at ratio 0 and every row of ``ROWS``
+    (+ ``extra_criterion``, like l1) at ratios 0.3 and 0.6, accuracies from :func:`row_accuracy`."""
+    rows = dict(ROWS, **({extra_criterion: ("l1", False, 0.60, 0.55)} if extra_criterion else {}))
+    records = []
+    for task, n in TASKS.items():
+        records += [run_record(task, "none", 0.0, s, row_accuracy(0.90, task, 0.0, s), n) for s in SEEDS]
+        records += [run_record(task, name, ratio, s, row_accuracy(test, task, ratio, s), n, base, global_, val)
+                    for name, (base, global_, test, val) in rows.items() for ratio in RATIOS for s in SEEDS]
     return [write_run(folder, r) for r in records]
+
+
+def write_sanity_csv(path: Path) -> Path:
+    """map-ex ranks (top 80 %, random draws 50–58 %, bottom 30 %); l1 does not (top 55 %), in t0 and t1."""
+    lines = ["task,criterion,ratio,case,draw,val_top1"]
+    for task in TASKS:
+        for criterion, top in (("map-ex", 0.80), ("l1", 0.55)):
+            for ratio in RATIOS:
+                lines.append(f"{task},{criterion},{ratio},top,0,{top}")
+                lines.append(f"{task},{criterion},{ratio},bottom,0,0.30")
+                lines += [f"{task},{criterion},{ratio},random,{d},{0.50 + 0.02 * d:.2f}" for d in range(5)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_latency_csv(path: Path) -> Path:
+    """Two shapes at 0.3 (layer-wise rows share one; the global row has its own) and one at 0.6, batches 1 and 32."""
+    lines = ["ratio,shape,rows,macs,params,latency_ms_cpu_b1,latency_ms_cpu_b1_unpruned,"
+             "latency_ms_cpu_b32,latency_ms_cpu_b32_unpruned",
+             "0.3,w30,map-ex;l1;bn-scale;random,35000000,700000,1.5,2.0,40.0,100.0",
+             "0.3,g30,l1-global,25000000,600000,1.0,2.0,50.0,100.0",
+             "0.6,w60,map-ex;l1;bn-scale;random,20000000,400000,1.0,2.0,25.0,100.0"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_sensitivity_csv(path: Path) -> Path:
+    """Drops: map-ex 0.01 · (layer index + 1), l1 twice that, t1's drops 0.02 higher than t0's."""
+    lines = ["task,criterion,layer,channels,val_top1,drop"]
+    for task, extra in (("t0", 0.0), ("t1", 0.02)):
+        for criterion, scale in (("map-ex", 0.01), ("l1", 0.02)):
+            for i, layer in enumerate(LAYERS):
+                drop = scale * (i + 1) + extra
+                lines.append(f"{task},{criterion},{layer},{LAYERS[layer] // 2},{0.8 - drop:.3f},{drop:.3f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def write_samples_csv(path: Path) -> Path:

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mapex.cli import load_task_data, main
+from mapex.cli import main
+from mapex.data.task import load_task_data
 from mapex.config import load_params
 from mapex.io import UserError
 from mapex.prune import load_pruned
@@ -17,7 +18,7 @@ def _params(tmp_path: Path, **edits) -> Path:
     params = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     for dotted, value in edits.items():
         section, key = dotted.split("__")
-        params[section][key] = value
+        params.setdefault(section, {})[key] = value
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -25,8 +26,8 @@ def _params(tmp_path: Path, **edits) -> Path:
 
 def test_help_lists_every_stage():
     output = subprocess.run(["mapex", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("fetch", "data", "train", "scores", "prune", "finetune", "evaluate", "samples",
-                    "response-maps", "report"):
+    for command in ("fetch", "data", "train", "scores", "run", "sanity", "sensitivity", "samples",
+                    "response-maps", "latency", "report"):
         assert command in output
     module = subprocess.run(["python", "-m", "mapex", "--help"], capture_output=True, text=True, check=True).stdout
     assert "response-maps" in module
@@ -35,7 +36,11 @@ def test_help_lists_every_stage():
 @pytest.mark.parametrize(
     "edits, message",
     [
-        ({"prune__criteria": ["map-ex", "magic"]}, "prune.criteria[1]: 'magic' is not one of"),
+        ({"prune__criteria": ["map-ex", "magic"]}, "criterion 'magic' is neither a registered criterion"),
+        ({"variants__l1": {"criterion": "l1"}}, "variants.l1: a variant may not take the name of a registered"),
+        ({"variants__odd": {"criterion": "map-ex", "score": "median"}}, "odd: score 'median' is not one of diff"),
+        ({"variants__odd": {"criterion": "l1", "score": "diff"}}, "odd: criterion 'l1' has no option 'score'"),
+        ({"variants__odd": {"criterion": "map-ex", "score": "contrast", "tap": "consumed"}}, "odd: score 'contrast' needs tap 'nonneg'"),
         ({"prune__ratios": [0.5, 1.5]}, "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
         ({"prune__ratios": [0.0]}, "prune.ratios[0]: 0.0 is less than or equal to the minimum of 0"),
         ({"train__epochs": 0}, "train.epochs: 0 is less than the minimum of 1"),
@@ -73,9 +78,15 @@ def test_missing_dataset_folder_is_named(tmp_path):
 
 
 def test_class_not_in_dataset_is_named(tmp_path, tiny_imagenet):
-    params = load_params(_params(tmp_path, data__task_classes=["n04540053", "n99999999"]))
+    params = load_params(_params(tmp_path, data__tasks=[{"name": "t", "classes": ["n04540053", "n99999999"]}]))
     with pytest.raises(UserError, match="n99999999"):
         load_task_data(params, tiny_imagenet)
+
+
+def test_a_task_name_used_twice_is_named(tmp_path):
+    tasks = [{"name": "t", "classes": ["n04540053", "n02802426"]}, {"name": "t", "classes": ["n02165456", "n01855672"]}]
+    with pytest.raises(UserError, match="data.tasks: task name 't' is used twice"):
+        load_params(_params(tmp_path, data__tasks=tasks))
 
 
 def test_fewer_samples_than_n_is_named(tmp_path, tiny_imagenet):
@@ -88,14 +99,15 @@ def test_fewer_samples_than_n_is_named(tmp_path, tiny_imagenet):
 
 def test_task_splits_are_disjoint_and_test_is_the_val_folder(tmp_path, tiny_imagenet):
     params = load_params(_params(tmp_path))
-    task = load_task_data(params, tiny_imagenet)
+    classes = params["data"]["tasks"][1]["classes"]
+    task = load_task_data(params, tiny_imagenet, classes)
     train = {s.image for s in task.task_train.samples}
     val = {s.image for s in task.task_val.samples}
     test = {s.image for s in task.task_test.samples}
     assert not train & val and not (train | val) & test
     assert all("/val/" in str(path) for path in test)
-    assert task.task_test.classes == params["data"]["task_classes"]
-    assert [task.source_classes[i] for i in task.task_class_indices] == params["data"]["task_classes"]
+    assert task.task_test.classes == classes
+    assert [task.source_classes[i] for i in task.task_class_indices] == classes
 
 
 def _run_cli(*args: str) -> None:
@@ -140,26 +152,25 @@ def test_a_voc_dataset_goes_through_every_stage(tmp_path, monkeypatch):
     archive, sha256 = _voc_archive(tmp_path)
     params = str(_tiny_params(tmp_path, {
         "name": "myvoc", "source": str(archive), "sha256": sha256, "format": "voc", "image_size": 32,
-        "max_per_class": None, "max_test_per_class": None, "val_fraction": 0.2, "task_classes": ["cat", "bird"],
+        "max_per_class": None, "max_test_per_class": None, "val_fraction": 0.2,
+        "tasks": [{"name": "pets", "classes": ["cat", "bird"]}],
     }, statistics={"samples_per_class": 4, "batch_size": 8}))
     _run_cli("fetch", "--params", params, "--out", "data")
     _run_cli("train", "--params", params, "--data", "data", "--out", "base.pt", "--metrics", "base.json",
              "--history", "base.csv")
     _run_cli("scores", "--params", params, "--data", "data", "--model", "base.pt", "--criterion", "map-ex",
-             "--seed", "0", "--out", "scores.pt")
-    _run_cli("prune", "--params", params, "--data", "data", "--model", "base.pt", "--scores", "scores.pt",
-             "--criterion", "map-ex", "--ratio", "0.5", "--seed", "0", "--out", "pruned.pt")
-    _run_cli("finetune", "--params", params, "--data", "data", "--model", "pruned.pt", "--seed", "0",
-             "--out", "tuned.pt", "--history", "tuned.csv")
-    _run_cli("evaluate", "--params", params, "--data", "data", "--model", "tuned.pt", "--pruned", "pruned.pt",
-             "--out", "run.json")
+             "--task", "pets", "--seed", "0", "--out", "scores.pt")
+    _run_cli("run", "--params", params, "--data", "data", "--model", "base.pt", "--scores", "scores.pt",
+             "--task", "pets", "--criterion", "map-ex", "--ratio", "0.5", "--seed", "0", "--out", "tuned.pt",
+             "--history", "tuned.csv", "--metrics", "run.json")
     import json
 
     baseline = json.loads((tmp_path / "base.json").read_text())
     run = json.loads((tmp_path / "run.json").read_text())
     assert baseline["n_classes"] == 3 and baseline["n"] == 12
     assert baseline["skipped_samples"] == {"missing-image": 1}
-    assert run["n"] == 8 and run["criterion"] == "map-ex" and run["ratio"] == 0.5
+    assert run["n"] == 8 and run["criterion"] == "map-ex" and run["ratio"] == 0.5 and run["task"] == "pets"
+    assert len(run["predictions"]["pred"]) == len(run["predictions"]["label"]) == 8
     assert run["params"] < baseline["params"] and 0 < run["macs_removed"] < 1
 
 

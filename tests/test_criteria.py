@@ -1,13 +1,15 @@
 """Filter criteria of mapex.criteria on tiny nets with hand-checkable scores."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from mapex.criteria import CRITERIA, Criterion, get_criterion
+from mapex.criteria import CRITERIA, Criterion, criterion_options, get_criterion
 from mapex.io import UserError
 
 SIZE = (16, 16)
@@ -91,6 +93,39 @@ def test_options_a_criterion_does_not_take_are_user_errors() -> None:
     assert get_criterion("random", seed=7).seed == 7 and get_criterion("map", score="fg").score == "fg"
     with pytest.raises(UserError, match="'l1' has no option seed; it takes scores"):
         get_criterion("l1", seed=1)
+
+
+@pytest.mark.parametrize("name", sorted(CRITERIA))
+def test_declared_options_are_the_constructor_keywords_with_the_first_value_as_default(name: str) -> None:
+    parameters = inspect.signature(CRITERIA[name]).parameters
+    for option, allowed in criterion_options(name).items():
+        assert parameters[option].default == allowed[0], (name, option)
+        for value in allowed[1:]:  # every declared value is accepted (contrast only with the nonneg tap)
+            needed = {"tap": "nonneg"} if value == "contrast" else {}
+            assert getattr(get_criterion(name, **{option: value}, **needed), option) == value
+
+
+def test_map_ex_and_map_declare_their_variants() -> None:
+    assert criterion_options("map-ex") == {
+        "score": ("diff", "ratio", "fg", "contrast"), "tap": ("consumed", "nonneg"), "field": ("theoretical", "effective"),
+    }
+    assert criterion_options("map") == {"score": ("diff", "ratio", "fg", "contrast"), "tap": ("consumed", "nonneg")}
+    assert criterion_options("l1") == {} and criterion_options("random") == {}
+    criterion_options("map-ex")["tap"] = ("changed",)  # a copy: the class's declaration is untouched
+    assert criterion_options("map-ex")["tap"] == ("consumed", "nonneg")
+    with pytest.raises(UserError, match="unknown criterion 'mapex'"):
+        criterion_options("mapex")
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("map-ex", {"tap": "signed"}, "criterion 'map-ex': unknown tap 'signed'; valid: consumed, nonneg"),
+    ("map-ex", {"field": "measured"}, "criterion 'map-ex': unknown field 'measured'; valid: theoretical, effective"),
+    ("map-ex", {"score": "contrast"}, "score 'contrast' needs tap 'nonneg'"),
+    ("map", {"field": "effective"}, "criterion 'map' has no option field; it takes scores, score, tap"),
+])
+def test_bad_variant_options_are_one_line_user_errors(name: str, options: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        get_criterion(name, **options)
 
 
 def test_data_criterion_without_batches_is_a_user_error() -> None:
@@ -247,6 +282,30 @@ def test_map_ex_score_variant_reaches_statistics() -> None:
     assert torch.allclose(scores, torch.tensor([1.0, 0.5, 0.0]), atol=1e-6)
     with pytest.raises(UserError, match="score"):
         get_criterion("map-ex", score="median")
+
+
+@pytest.mark.parametrize("name", ["map-ex", "map"])
+def test_contrast_variant_reaches_statistics(name: str) -> None:
+    inside = torch.zeros(*SIZE)
+    inside[4:12, 4:12] = 1.0
+    images = torch.stack([inside, torch.full(SIZE, 0.5), 1.0 - inside])[None]
+    box = [torch.tensor([[4.0, 4.0, 12.0, 12.0]])]
+    criterion = get_criterion(name, score="contrast", tap="nonneg")
+    scores = criterion.compute(PassThrough(), [(images, box)], SIZE)["conv"]
+    # F, B = (1, 0), (0.5, 0.5), (0, 1): all inside, no contrast, all outside
+    assert torch.allclose(scores, torch.tensor([1.0, 0.0, -1.0]), atol=1e-5)
+
+
+def test_nonneg_tap_and_effective_field_reach_statistics() -> None:
+    model = seeded(TinyResNet)
+    consumed = get_criterion("map-ex").compute(model, make_batches(), SIZE)
+    nonneg = get_criterion("map-ex", tap="nonneg").compute(model, make_batches(), SIZE)
+    # both convs that feed the block's add are scored on the block's output
+    assert torch.equal(nonneg["block.conv2"], nonneg["block.downsample.0"])
+    assert not torch.equal(consumed["block.conv2"], consumed["block.downsample.0"])
+    assert torch.equal(nonneg["conv1"], consumed["conv1"])  # consumed after its ReLU already
+    effective = get_criterion("map-ex", tap="nonneg", field="effective").compute(model, make_batches(), SIZE)
+    assert not torch.equal(effective["block.conv2"], nonneg["block.conv2"])
 
 
 # --------------------------------------------------------------------------- group scores

@@ -21,12 +21,12 @@ import yaml
 
 from mapex.cli import main
 
-from pipeline_files import Pipeline, leave_checkpoint, make_pipeline, tiny_params, working_in
+from pipeline_files import Pipeline, leave_checkpoint, make_pipeline, working_in
 from test_data_formats import make_coco, make_csv, make_voc, make_yolo
 
 SEED = 14
 CASES_PER_KIND = {"params": 24, "voc": 14, "coco": 14, "yolo": 14, "csv": 14,
-                  "baseline": 20, "pruned": 16, "scores": 20, "checkpoint": 16}
+                  "baseline": 20, "tuned": 16, "scores": 20, "checkpoint": 16}
 ODD_VALUES: list[Any] = [None, "", "x", -1, 0, 1, 2.5, 1e30, float("nan"), True, [], {}, [1, "a"], {"k": 1}]
 
 
@@ -104,8 +104,9 @@ def assert_clean_outcome(argv: list[str], capsys, label: str) -> bool:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Pipeline:
     pipeline = make_pipeline(tmp_path_factory.mktemp("fuzz"))
-    checkpoint = leave_checkpoint(pipeline, tiny_params())
+    checkpoint = leave_checkpoint(pipeline, pipeline.commands()["run"])
     shutil.copy(pipeline.root / checkpoint, pipeline.root / "checkpoint.pt")
+    shutil.copy(pipeline.root / pipeline.tuned, pipeline.root / "tuned.pt")
     shutil.rmtree(pipeline.root / "work")
     return pipeline
 
@@ -113,13 +114,11 @@ def made(tmp_path_factory) -> Pipeline:
 def _file_cases(pipeline: Pipeline) -> dict[str, tuple[str, Callable[[str], list[str]]]]:
     """Input kind -> (the valid file, the command that reads a spoiled copy of it at a given path)."""
     commands = pipeline.commands()
-    pruned_as = ["prune", "--params", pipeline.params, "--data", pipeline.data, "--criterion", "none",
-                 "--ratio", "0", "--seed", "0", "--out", "p0.pt", "--model"]
     return {
-        "baseline": (pipeline.baseline, lambda path: [*pruned_as, path]),
-        "pruned": (pipeline.pruned, lambda path: _with(commands["finetune"], "--model", path)),
-        "scores": (pipeline.scores, lambda path: _with(commands["prune"], "--scores", path)),
-        "checkpoint": ("checkpoint.pt", lambda path: commands["finetune"]),
+        "baseline": (pipeline.baseline, lambda path: _with(commands["scores"], "--model", path)),
+        "tuned": ("tuned.pt", lambda path: commands["latency"]),  # latency reads every run's model
+        "scores": (pipeline.scores, lambda path: _with(commands["run"], "--scores", path)),
+        "checkpoint": ("checkpoint.pt", lambda path: commands["run"]),
     }
 
 
@@ -139,10 +138,8 @@ def test_spoiled_files_params_and_annotations_never_give_a_traceback(made: Pipel
         for kind, (valid, command) in _file_cases(run).items():
             for case in range(CASES_PER_KIND[kind]):
                 shutil.rmtree("work", ignore_errors=True)
-                target = "spoiled.pt"
-                if kind == "checkpoint":
-                    target = str(run.checkpoint_of("t2.pt"))
-                    Path(target).parent.mkdir(parents=True, exist_ok=True)
+                target = {"checkpoint": str(run.checkpoint_of("t2.pt")), "tuned": run.tuned}.get(kind, "spoiled.pt")
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(valid, target)
                 spoil_torch_file(Path(target), rng)
                 refused[kind] = refused.get(kind, 0) + assert_clean_outcome(command(target), capsys, f"{kind} #{case}")
@@ -164,8 +161,7 @@ def _fuzz_params(run: Pipeline, rng: random.Random, capsys) -> int:
             spoil_text_file(path, rng)
         else:
             path.write_text(yaml.safe_dump(spoil_structure(valid, rng, odd)))
-        argv = ["prune", "--params", str(path), "--data", run.data, "--model", run.baseline, "--scores", run.scores,
-                "--criterion", "l1", "--ratio", "0.5", "--seed", "0", "--out", "p1.pt"]
+        argv = _with(run.commands()["scores"], "--params", str(path))
         refused += assert_clean_outcome(argv, capsys, f"params #{case}: {path.read_bytes()[:200]!r}")
     return refused
 

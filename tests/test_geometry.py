@@ -7,7 +7,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from mapex.geometry import BoxBatch, LayerGeometry, batch_foreground_weights, foreground_weights, receptive_fields
+from mapex.geometry import (
+    BoxBatch,
+    EffectiveField,
+    LayerGeometry,
+    batch_foreground_weights,
+    effective_foreground_weights,
+    field_box_map,
+    foreground_weights,
+    node_geometries,
+    receptive_fields,
+    whole_image_units,
+)
 from mapex.io import UserError
 
 
@@ -235,3 +246,79 @@ def test_batch_weights_equal_single_image_weights(method):
 def test_unknown_method_is_refused():
     with pytest.raises(UserError, match="map-ex"):
         foreground_weights(STRIDE2, (4, 4), boxes(), IMAGE, "mapx")
+
+
+def test_node_geometries_give_the_merged_geometry_of_a_residual_add():
+    model = torchvision.models.resnet18(num_classes=3)
+    fields = receptive_fields(model, (64, 64))
+    by_name = {node.name: geometry for node, geometry in node_geometries(model).items()}
+    # layer2.0's add merges conv2 (r = 67) with the downsample (r = 43): the largest field, conv2's centre
+    assert fields["layer2.0.downsample.0"].size < fields["layer2.0.conv2"].size
+    assert by_name["add_2"] == fields["layer2.0.conv2"]
+    assert by_name["fc"] is None and by_name["flatten"] is None
+
+
+# --------------------------------------------------------------------------- effective receptive fields
+
+
+def test_effective_field_is_cropped_to_its_support_and_normalised():
+    sensitivity = torch.zeros(8, 8)
+    sensitivity[3:6, 2:4] = torch.arange(1.0, 7.0).reshape(3, 2)
+    field = EffectiveField.from_map(sensitivity, unit=(1, 1), jump=2)
+    torch.testing.assert_close(field.kernel, torch.arange(1.0, 7.0).reshape(3, 2) / 21)
+    assert field.first == (3 - 2, 2 - 2) and field.jump == 2  # unit (0, 0)'s window: one jump up-left
+    with pytest.raises(UserError, match="no input pixel"):
+        EffectiveField.from_map(torch.zeros(8, 8), unit=(1, 1), jump=2)
+    with pytest.raises(UserError, match="integer jump"):
+        EffectiveField.from_map(sensitivity, unit=(1, 1), jump=1.5)
+
+
+def naive_effective_weights(field: EffectiveField, feature_hw: tuple[int, int], mask: Tensor) -> Tensor:
+    """SPEC read literally: w_u = Σ_p K(p - c_u) box(p) / Σ_p K(p - c_u) inimage(p), one unit at a time."""
+    height, width = mask.shape
+    weights = torch.zeros(feature_hw, dtype=torch.float64)
+    for y in range(feature_hw[0]):
+        for x in range(feature_hw[1]):
+            covered = in_image = 0.0
+            for i in range(field.kernel.shape[0]):
+                for j in range(field.kernel.shape[1]):
+                    py, px = field.first[0] + y * field.jump + i, field.first[1] + x * field.jump + j
+                    if 0 <= py < height and 0 <= px < width:
+                        in_image += float(field.kernel[i, j])
+                        covered += float(field.kernel[i, j]) * float(mask[py, px])
+            weights[y, x] = covered / in_image if in_image > 0 else 0.0
+    return weights
+
+
+def test_effective_weights_agree_with_the_naive_sum():
+    generator = torch.Generator().manual_seed(0)
+    kernel = torch.rand(5, 7, generator=generator)
+    field = EffectiveField(kernel / kernel.sum(), first=(-3, -2), jump=2)  # reaches outside on every side
+    per_image = [boxes((2, 1, 6, 5)), boxes(), boxes((0, 0, 3, 3), (5, 4, 8, 8))]
+    batch = BoxBatch(per_image, IMAGE)
+    weights = effective_foreground_weights(field, (4, 4), batch)
+    assert weights.shape == (3, 4, 4)
+    for image, mask in enumerate(batch.mask):
+        torch.testing.assert_close(weights[image].double(), naive_effective_weights(field, (4, 4), mask))
+
+
+def test_a_uniform_kernel_over_the_theoretical_field_gives_the_theoretical_weights():
+    # 3x3 fields, stride 2, on 8x8: unit (2, 2) is centred at pixel 4, its field 3..5 lies inside the image,
+    # so the kernel shifted to any other unit is that unit's field; clipping becomes the in-image renormalisation.
+    field = EffectiveField.from_map(field_box_map(STRIDE2, (2, 2), IMAGE), (2, 2), STRIDE2.jump)
+    assert field.kernel.shape == (3, 3) and field.first == (-1, -1)
+    per_image = [boxes((2, 2, 6, 5)), boxes((0, 0, 1, 1)), boxes((1.4, 0, 2.6, 8), (5, 5, 8, 8))]
+    batch = BoxBatch(per_image, IMAGE)
+    theoretical = batch_foreground_weights(STRIDE2, (4, 4), batch, "map-ex")
+    torch.testing.assert_close(effective_foreground_weights(field, (4, 4), batch), theoretical)
+
+
+def test_whole_image_units_of_resnet18_at_64_pixels():
+    model = torchvision.models.resnet18(num_classes=3)
+    fields = receptive_fields(model, (64, 64))
+    # conv1: 7-pixel fields; layer3.0.conv2 on (r = 147 or more): every unit sees the whole image
+    assert not whole_image_units(fields["conv1"], (32, 32), (64, 64)).any()
+    assert whole_image_units(fields["layer3.0.conv2"], (4, 4), (64, 64)).all()
+    assert whole_image_units(fields["layer4.1.conv2"], (2, 2), (64, 64)).all()
+    # STRIDE2 on a 2x2 image: unit 0's field [-1, 1] covers both pixels, unit 1's [1, 3] only one
+    assert whole_image_units(STRIDE2, (2, 2), (2, 2)).tolist() == [[True, False], [False, False]]

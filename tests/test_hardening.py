@@ -60,16 +60,16 @@ class CreatesFile:
 
 
 def _where_read(pipeline: Pipeline) -> list[tuple[str, str, str | Path]]:
-    """(command, flag or 'checkpoint', where to put the file) for every .pt the CLI reads."""
-    cases: list[tuple[str, str, str | Path]] = [
-        ("scores", "--model", "x.pt"), ("prune", "--model", "x.pt"), ("prune", "--scores", "x.pt"),
-        ("finetune", "--model", "x.pt"), ("evaluate", "--model", "x.pt"), ("evaluate", "--pruned", "x.pt"),
-        ("samples", "--model", "x.pt"), ("response-maps", "--model", "x.pt"),
+    """(command, flag or 'checkpoint'/'models', where to put the file) for every .pt the CLI reads."""
+    return [
+        ("scores", "--model", "x.pt"), ("run", "--model", "x.pt"), ("run", "--scores", "x.pt"),
+        ("sanity", "--model", "x.pt"), ("sensitivity", "--model", "x.pt"), ("samples", "--model", "x.pt"),
+        ("response-maps", "--model", "x.pt"), ("latency", "--model", "x.pt"),
+        ("latency", "models", pipeline.tuned),
         ("train", "checkpoint", pipeline.checkpoint_of("base2.pt")),
-        ("finetune", "checkpoint", pipeline.checkpoint_of("t2.pt")),
+        ("run", "checkpoint", pipeline.checkpoint_of("t2.pt")),
         ("samples", "checkpoint", pipeline.checkpoint_of("study.csv").parent / "n1_s0" / "last.pt"),
     ]
-    return cases
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
@@ -79,22 +79,25 @@ def test_a_crafted_pickle_runs_nowhere(run: Pipeline, writer: str, capsys) -> No
     for command, flag, place in cases:
         target = run.root / place
         target.parent.mkdir(parents=True, exist_ok=True)
+        kept = target.read_bytes() if target.is_file() else None
         payload = {"model": CreatesFile(marker), "meta": {}}
         if writer == "torch.save":
             torch.save(payload, target)
         else:
             target.write_bytes(pickle.dumps(payload))
         argv = run.commands()[command]
-        error = cli_error(run, with_arg(argv, flag, str(place)) if flag != "checkpoint" else argv, capsys)
+        error = cli_error(run, with_arg(argv, flag, str(place)) if flag.startswith("--") else argv, capsys)
         assert not marker.exists(), (command, flag)
         assert str(place) in error, error
         target.unlink()
-    assert len(cases) == 11
+        if kept is not None:
+            target.write_bytes(kept)
+    assert len(cases) == 12
 
 
 def test_an_old_whole_module_file_says_how_to_regenerate_it(run: Pipeline, capsys) -> None:
     torch.save({"model": torch.nn.Linear(2, 2), "meta": {}}, run.root / "old.pt")
-    error = cli_error(run, with_arg(run.commands()["finetune"], "--model", "old.pt"), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--model", "old.pt"), capsys)
     assert "old.pt: a whole-module pickle" in error and "delete it and rerun the stage that wrote it" in error
 
 
@@ -106,47 +109,41 @@ def test_an_old_whole_module_file_says_how_to_regenerate_it(run: Pipeline, capsy
 ])
 def test_a_file_that_is_no_torch_file_is_named(run: Pipeline, content: bytes, message: str, capsys) -> None:
     (run.root / "bad.pt").write_bytes(content)
-    error = cli_error(run, with_arg(run.commands()["prune"], "--scores", "bad.pt"), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--scores", "bad.pt"), capsys)
     assert "bad.pt: " in error and message in error
 
 
 def test_a_truncated_model_is_named(run: Pipeline, capsys) -> None:
-    data = (run.root / run.pruned).read_bytes()
+    data = (run.root / run.baseline).read_bytes()
     (run.root / "cut.pt").write_bytes(data[: len(data) // 2])
-    error = cli_error(run, with_arg(run.commands()["finetune"], "--model", "cut.pt"), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--model", "cut.pt"), capsys)
     assert "cut.pt: " in error and "truncated" in error
 
 
 def test_a_model_given_as_scores_and_scores_given_as_model_are_refused(run: Pipeline, capsys) -> None:
-    error = cli_error(run, with_arg(run.commands()["prune"], "--scores", run.baseline), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--scores", run.baseline), capsys)
     assert f"{run.baseline}: not a scores file saved by mapex (it is a mapex-model/2 file)" in error
-    error = cli_error(run, with_arg(run.commands()["finetune"], "--model", run.scores), capsys)
+    error = cli_error(run, with_arg(run.commands()["scores"], "--model", run.scores), capsys)
     assert f"{run.scores}: not a model saved by mapex (it is a mapex-scores/1 file)" in error
 
 
-def test_prune_without_scores_says_so(run: Pipeline, capsys) -> None:
-    argv = run.commands()["prune"]
+def test_run_without_scores_says_so(run: Pipeline, capsys) -> None:
+    argv = run.commands()["run"]
     at = argv.index("--scores")
     error = cli_error(run, argv[:at] + argv[at + 2:], capsys)
-    assert "prune --criterion l1 needs --scores" in error
+    assert "criterion 'l1' needs --scores" in error
 
 
 def test_scores_of_another_criterion_are_refused(run: Pipeline, capsys) -> None:
-    error = cli_error(run, with_arg(run.commands()["prune"], "--criterion", "random"), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--criterion", "random"), capsys)
     assert f"{run.scores}: made from something else (criterion is 'l1', expected 'random')" in error
 
 
 def test_scores_of_another_architecture_are_refused(run: Pipeline, capsys) -> None:
     scores, meta = load_scores(run.root / run.scores)
     save_scores(run.root / "other.pt", scores, {**meta, "arch": "resnet34"})
-    error = cli_error(run, with_arg(run.commands()["prune"], "--scores", "other.pt"), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--scores", "other.pt"), capsys)
     assert "other.pt: made from something else (arch is 'resnet34', expected 'tiny-cnn')" in error
-
-
-def test_scores_computed_with_another_score_setting_are_refused(run: Pipeline, capsys) -> None:
-    (run.root / "ratio.yaml").write_text(yaml.safe_dump(tiny_params(statistics={"score": "ratio"})))
-    error = cli_error(run, with_arg(run.commands()["prune"], "--params", "ratio.yaml"), capsys)
-    assert f"{run.scores}: made from something else (score is 'diff', expected 'ratio')" in error
 
 
 def test_scores_of_another_baseline_are_refused(run: Pipeline, capsys) -> None:
@@ -154,51 +151,45 @@ def test_scores_of_another_baseline_are_refused(run: Pipeline, capsys) -> None:
     other = with_arg(with_arg(run.commands()["train"], "--params", "longer.yaml"), "--out", "other-base.pt")
     with working_in(run.root):  # the same data and model settings, other weights
         assert main(other) == 0
-    error = cli_error(run, with_arg(run.commands()["prune"], "--model", "other-base.pt"), capsys)
+    error = cli_error(run, with_arg(run.commands()["run"], "--model", "other-base.pt"), capsys)
     assert f"{run.scores}: made from something else (baseline is '" in error
 
 
-def test_a_pruned_model_given_as_the_baseline_is_refused(run: Pipeline, capsys) -> None:
-    error = cli_error(run, with_arg(run.commands()["prune"], "--model", run.pruned), capsys)
-    assert f"{run.pruned}: made from something else (stage is 'pruned', expected 'baseline')" in error
+def test_a_fine_tuned_model_given_as_the_baseline_is_refused(run: Pipeline, capsys) -> None:
+    error = cli_error(run, with_arg(run.commands()["run"], "--model", run.tuned), capsys)
+    assert f"{run.tuned}: made from something else (stage is 'finetuned', expected 'baseline')" in error
 
 
 def test_a_model_made_from_other_data_is_refused(run: Pipeline, capsys) -> None:
-    params = tiny_params(data={"max_per_class": 5})
-    (run.root / "other.yaml").write_text(yaml.safe_dump(params))
+    (run.root / "other.yaml").write_text(yaml.safe_dump(tiny_params(data={"max_per_class": 5})))
     error = cli_error(run, with_arg(run.commands()["scores"], "--params", "other.yaml"), capsys)
     assert f"{run.baseline}: made from something else (data is '" in error
 
 
-def test_evaluate_refuses_a_pruned_model_the_tuned_one_was_not_made_from(run: Pipeline, capsys) -> None:
-    with working_in(run.root):
-        assert main(with_arg(with_arg(run.commands()["prune"], "--ratio", "0.3"), "--out", "p3.pt")) == 0
-    error = cli_error(run, with_arg(run.commands()["evaluate"], "--pruned", "p3.pt"), capsys)
-    assert f"{run.tuned}: made from something else (pruned is '" in error
-
-
-def test_a_resume_on_changed_data_names_the_key_and_the_file_to_delete(run: Pipeline, capsys) -> None:
-    checkpoint = leave_checkpoint(run, tiny_params(data={"val_fraction": 0.5}))
-    error = cli_error(run, run.commands()["finetune"], capsys)
-    assert f"{checkpoint} was written for other inputs (data: '" in error
+def test_a_resume_on_changed_data_names_the_keys_and_the_file_to_delete(run: Pipeline, capsys) -> None:
+    checkpoint = leave_checkpoint(run, run.commands()["run"])
+    (run.root / run.params).write_text(yaml.safe_dump(tiny_params(data={"val_fraction": 0.5})))
+    with working_in(run.root):  # the baseline and scores follow the new data settings, as a rerun makes them
+        assert main(with_arg(run.commands()["train"], "--out", run.baseline)) == 0
+        assert main(with_arg(run.commands()["scores"], "--out", run.scores)) == 0
+    error = cli_error(run, run.commands()["run"], capsys)
+    assert f"{checkpoint} was written for other inputs (" in error and "data: '" in error
     assert f"delete {checkpoint} to start over, or pass --restart" in error
     with working_in(run.root):
-        assert main([*run.commands()["finetune"], "--restart"]) == 0
+        assert main([*run.commands()["run"], "--restart"]) == 0
 
 
 def test_a_truncated_checkpoint_names_the_file_to_delete(run: Pipeline, capsys) -> None:
-    checkpoint = leave_checkpoint(run, tiny_params())
+    checkpoint = leave_checkpoint(run, run.commands()["run"])
     (run.root / checkpoint).write_bytes((run.root / checkpoint).read_bytes()[:1000])
-    error = cli_error(run, run.commands()["finetune"], capsys)
+    error = cli_error(run, run.commands()["run"], capsys)
     assert f"{checkpoint}: " in error and f"delete {checkpoint} to start over, or pass --restart" in error
 
 
 def test_a_resume_after_the_architecture_changed_is_refused(run: Pipeline, capsys) -> None:
-    leave_checkpoint(run, tiny_params())
-    with working_in(run.root):  # the same output, now fine-tuning the unpruned baseline's shapes
-        assert main(with_arg(with_arg(run.commands()["prune"], "--ratio", "0.2"), "--out", "p2.pt")) == 0
-    error = cli_error(run, with_arg(run.commands()["finetune"], "--model", "p2.pt"), capsys)
-    assert "was written for other inputs (architecture: '" in error
+    leave_checkpoint(run, run.commands()["run"])
+    error = cli_error(run, with_arg(run.commands()["run"], "--ratio", "0.25"), capsys)
+    assert "was written for other inputs (" in error and "architecture: '" in error
 
 
 @pytest.mark.parametrize("key, value", [("epochs", 1.0), ("batch_size", 8.0), ("epochs", True)])
@@ -216,10 +207,10 @@ def test_an_empty_test_split_stops_before_training(tmp_path: Path, capsys) -> No
     images = {f"{name}{i}": [(name, 2, 2, 20, 20)] for name in ("ant", "cat") for i in range(6)}
     make_voc(tmp_path / "run" / "data", images, sets={"trainval": list(images), "test": []})
     run = Pipeline(tmp_path / "run")
-    params = tiny_params(data={"format": "voc", "task_classes": ["ant", "cat"]})
+    params = tiny_params(data={"format": "voc"})
     (run.root / run.params).write_text(yaml.safe_dump(params))
     error = cli_error(run, run.commands()["train"], capsys)
-    assert "the test split has no image" in error
+    assert "test split has no image" in error
     assert not (run.root / "work").exists()
 
 

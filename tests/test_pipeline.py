@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mapex.config import load_params
-from mapex.pipeline import ratio_tag, run_ids
+from mapex.pipeline import ratio_tag, row, run_ids
 
 from conftest import REPO
 
@@ -53,17 +53,41 @@ def test_every_run_is_evaluated(configfile):
     params = load_params(REPO / configfile)
     commands = snakemake_commands(configfile)
     for run in run_ids(params):
-        assert any(f"--out results/runs/{run}.json" in c for c in commands), run
+        assert any(f"--metrics results/runs/{run}.json" in c for c in commands), run
 
 
-def test_run_ids_cover_criteria_ratios_seeds_and_the_unpruned_reference():
+def test_run_ids_cover_tasks_criteria_ratios_seeds_and_the_unpruned_reference():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prune"] = {"criteria": ["map-ex", "l1"], "ratios": [0.3, 0.5], "global": False}
     params["seeds"] = [0, 1]
     runs = run_ids(params)
-    assert runs[:2] == ["none/r0/s0", "none/r0/s1"]
-    assert "map-ex/r0.3/s1" in runs and "l1/r0.5/s0" in runs
-    assert len(runs) == 2 + 2 * 2 * 2
+    first, second = (task["name"] for task in params["data"]["tasks"][:2])
+    assert runs[:2] == [f"{first}/none/r0/s0", f"{first}/none/r0/s1"]
+    assert f"{first}/map-ex/r0.3/s1" in runs and f"{second}/l1/r0.5/s0" in runs
+    assert len(runs) == len(params["data"]["tasks"]) * (2 + 2 * 2 * 2)
+
+
+def test_rows_resolve_variants_options_and_global_ranking():
+    params = load_params(REPO / "params.yaml")
+    plain = row(params, "l1")
+    assert (plain.criterion, plain.options, plain.global_ranking) == ("l1", {}, params["prune"]["global"])
+    assert row(params, "map-ex").options == params["criterion_options"]["map-ex"]
+    variant = row(params, "map-ex-global")
+    assert variant.criterion == "map-ex" and variant.global_ranking
+    assert variant.options == params["criterion_options"]["map-ex"]  # inherits the default variant's options
+    contrast = row(params, "map-ex-contrast")
+    assert contrast.options["score"] == "contrast" and not contrast.global_ranking
+
+
+def test_schema_criteria_are_the_registered_ones_with_their_options():
+    from mapex.config import load_schema
+    from mapex.criteria import CRITERIA, criterion_options
+
+    schema = load_schema()
+    assert set(schema["$defs"]["criterion"]["enum"]) == set(CRITERIA)
+    params = load_params(REPO / "config/full.yaml")
+    for name, options in params["criterion_options"].items():
+        assert set(options) == set(criterion_options(name)), name
 
 
 def test_ratio_tag_matches_dvc_rendering():
@@ -81,8 +105,8 @@ def _dry_run_with(tmp_path, edit) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (lambda p: p["prune"]["ratios"].append(1.5), "prune.ratios[3]: 1.5 is greater than or equal to the maximum of 1"),
-        (lambda p: p["prune"]["criteria"].append("magic"), "'magic' is not one of"),
+        (lambda p: p["prune"].update(ratios=[0.5, 1.5]), "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
+        (lambda p: p["prune"]["criteria"].append("magic"), "criterion 'magic' is neither a registered criterion"),
         (lambda p: p["train"].update(epoch=3), "'epoch' was unexpected"),
     ],
 )
@@ -111,11 +135,13 @@ def _dry_run_jobs(*options: str) -> list[dict[str, str]]:
 def test_slurm_profile_sends_gpu_rules_to_the_gpu_partition_with_their_threads():
     jobs = _dry_run_jobs("--workflow-profile", "workflow/profiles/slurm")
     assert jobs, "the dry run listed no job"
-    gpu_rules = {"train_baseline", "scores", "finetune", "evaluate", "samples_study"}
+    gpu_rules = {"train_baseline", "scores", "run", "sanity", "sensitivity", "samples_study"}
     for job in jobs:
         resources = dict(item.split("=", 1) for item in job["resources"].split(", "))
         if job["rule"] in gpu_rules:
             assert (resources["slurm_partition"], resources["gpu"]) == ("gpu", "1"), job
             assert int(job["threads"]) == (8 if job["rule"] == "train_baseline" else 4), job
+        elif job["rule"] == "latency":
+            assert int(job["threads"]) == 8, job
         else:
             assert resources["slurm_partition"] == "cpu" and "gpu" not in resources, job

@@ -9,11 +9,13 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from mapex.geometry import BoxBatch, batch_foreground_weights, effective_foreground_weights, receptive_fields
 from mapex.io import UserError
 from mapex.statistics import (
     ResponseAccumulator,
     Tap,
     activation_taps,
+    effective_fields,
     filter_scores,
     rank_correlation,
     response_maps,
@@ -21,8 +23,8 @@ from mapex.statistics import (
 )
 
 
-def scores_of(model: nn.Module, batches: list, method: str, score: str) -> dict[str, Tensor]:
-    return filter_scores(model, batches, method=method, score=score, progress=False)
+def scores_of(model: nn.Module, batches: list, method: str, score: str, **variant: str) -> dict[str, Tensor]:
+    return filter_scores(model, batches, method=method, score=score, progress=False, **variant)
 
 
 # --------------------------------------------------------------------------- hand-worked scores
@@ -54,6 +56,18 @@ def test_hand_worked_scores_with_relu():
         assert scores_of(model, batches, method, "fg")["0"].item() == pytest.approx(2.5)
         assert scores_of(model, batches, method, "diff")["0"].item() == pytest.approx(1.5)
         assert scores_of(model, batches, method, "ratio")["0"].item() == pytest.approx(2.5 / (1 + 1e-6))
+
+
+def test_contrast_is_the_difference_over_the_sum():
+    model = nn.Sequential(identity_conv(1), nn.ReLU())
+    batches = [(FOUR_BY_FOUR[None, None], [TOP_LEFT])]
+    # F = 2.5 and B = 1 as above
+    contrast = scores_of(model, batches, "map", "contrast", tap="nonneg")["0"].item()
+    assert contrast == pytest.approx((2.5 - 1) / (2.5 + 1 + 1e-6))
+    dead = nn.Sequential(identity_conv(1), nn.ReLU())
+    with torch.no_grad():
+        dead[0].weight.zero_()
+    assert scores_of(dead, batches, "map", "contrast", tap="nonneg")["0"].item() == 0.0  # 0 / epsilon
 
 
 def test_means_skip_images_without_foreground_or_background():
@@ -159,10 +173,15 @@ def naive_weight(geometry: tuple, y: int, x: int, boxes: Tensor, size: int, meth
     return covered / (len(rows) * len(cols))
 
 
-def naive_scores(model: SmallNet, images: Tensor, boxes: list[Tensor], method: str, score: str) -> dict:
-    """Loops over images, units and pixels, straight from SPEC, in float64."""
+def naive_scores(
+    model: SmallNet, images: Tensor, boxes: list[Tensor], method: str, score: str, tap: str = "consumed"
+) -> dict:
+    """Loops over images, units and pixels, straight from SPEC, in float64. SmallNet has no residual
+    add, so its ``nonneg`` feature maps are the ReLU of the consumed ones."""
     with torch.no_grad():
         features = model.consumed(images)
+    if tap == "nonneg":
+        features = {name: F.relu(maps) for name, maps in features.items()}
     result = {}
     for name, maps in features.items():
         maps = maps.double()
@@ -178,7 +197,7 @@ def naive_scores(model: SmallNet, images: Tensor, boxes: list[Tensor], method: s
         channels = maps.shape[1]
         f = torch.stack(fg).mean(0) if fg else torch.zeros(channels, dtype=torch.float64)
         b = torch.stack(bg).mean(0) if bg else torch.zeros(channels, dtype=torch.float64)
-        result[name] = {"diff": f - b, "ratio": f / (b + 1e-6), "fg": f}[score]
+        result[name] = {"diff": f - b, "ratio": f / (b + 1e-6), "fg": f, "contrast": (f - b) / (f + b + 1e-6)}[score]
     return result
 
 
@@ -194,12 +213,13 @@ def test_small_net_geometry_is_the_hand_one():
 
 
 @pytest.mark.parametrize("method", ["map", "map-ex"])
-def test_agrees_with_naive_reference(method):
+@pytest.mark.parametrize("tap", ["consumed", "nonneg"])
+def test_agrees_with_naive_reference(method, tap):
     model = random_small_net()
     images, boxes = random_task(10)
-    for score in ("diff", "ratio", "fg"):
-        expected = naive_scores(model, images, boxes, method, score)
-        got = scores_of(model, in_batches(images, boxes, 4), method, score)
+    for score in ("diff", "ratio", "fg") + (("contrast",) if tap == "nonneg" else ()):
+        expected = naive_scores(model, images, boxes, method, score, tap)
+        got = scores_of(model, in_batches(images, boxes, 4), method, score, tap=tap)
         assert set(got) == set(expected)
         for name in expected:
             assert got[name].dtype == torch.float32 and got[name].shape == (model.get_submodule(name).out_channels,)
@@ -249,6 +269,20 @@ def test_bad_arguments_are_user_errors():
         filter_scores(model, [(images, boxes)], method="box", progress=False)
     with pytest.raises(UserError, match="no batches"):
         filter_scores(model, [], progress=False)
+    with pytest.raises(UserError, match="unknown tap 'signed'"):
+        filter_scores(model, [(images, boxes)], tap="signed", progress=False)
+    with pytest.raises(UserError, match="unknown field 'measured'"):
+        filter_scores(model, [(images, boxes)], field="measured", progress=False)
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"score": "contrast"}, "score 'contrast' needs tap 'nonneg'"),
+    ({"method": "map", "field": "effective"}, "field 'effective' applies to method 'map-ex' only"),
+])
+def test_variant_combinations_outside_the_spec_are_user_errors(variant, message):
+    images, boxes = random_task(2)
+    with pytest.raises(UserError, match=message):
+        filter_scores(random_small_net(), [(images, boxes)], progress=False, **variant)
 
 
 def test_accumulator_state_does_not_grow_with_images():
@@ -388,3 +422,159 @@ def test_response_maps_show_the_top_and_bottom_filters_by_score():
     for top, bottom in ((0, 1), (2, 3)):
         assert maps[:, top].mean() > maps[:, bottom].mean()
     assert not model.training
+
+
+# --------------------------------------------------------------------------- the nonneg tap
+
+
+def test_resnet_nonneg_taps_read_the_block_output_after_its_relu():
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    taps, consumed = activation_taps(model, tap="nonneg"), activation_taps(model)
+    assert taps["layer1.0.conv2"] == Tap("layer1.0", F.relu)
+    assert taps["layer2.0.conv2"] == taps["layer2.0.downsample.0"] == Tap("layer2.0", F.relu)
+    for name in ("conv1", "layer1.0.conv1", "layer4.1.conv1"):  # consumed after a ReLU already
+        assert taps[name] is not consumed[name] and taps[name].module == consumed[name].module
+        assert isinstance(taps[name].activation, nn.ReLU)
+    bottleneck = activation_taps(torchvision.models.resnet50(num_classes=4), tap="nonneg")
+    assert bottleneck["layer1.0.conv3"] == bottleneck["layer1.0.downsample.0"] == Tap("layer1.0", F.relu)
+    assert isinstance(bottleneck["layer1.0.conv2"].activation, nn.ReLU)
+
+    x = torch.randn(2, 3, 32, 32)
+    seen: dict[str, Tensor] = {}
+    with torch.no_grad():
+        with tap_activations(model, lambda name, a: seen.__setitem__(name, a.clone()), taps):
+            model(x)
+        block_output = model.layer1[0](model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+    torch.testing.assert_close(seen["layer1.0.conv2"], block_output)  # relu(bn2(conv2(.)) + identity)
+    assert (seen["layer1.0.conv2"] >= 0).all() and (seen["layer1.0.conv2"] > 0).any()
+
+
+def test_mobilenet_v2_and_vgg16_bn_nonneg_taps():
+    vgg = torchvision.models.vgg16_bn(num_classes=3)
+    for name, tap in activation_taps(vgg, tap="nonneg").items():  # every conv: BN, then ReLU
+        assert tap.module == activation_taps(vgg)[name].module and isinstance(tap.activation, nn.ReLU)
+    mobilenet = torchvision.models.mobilenet_v2(num_classes=3).eval()
+    taps = activation_taps(mobilenet, tap="nonneg")
+    assert isinstance(taps["features.2.conv.0.0"].activation, nn.ReLU6)  # expansion: unchanged
+    assert taps["features.2.conv.2"] == Tap("features.2.conv.3", F.relu)  # projection, no residual: relu(BN)
+    assert taps["features.3.conv.2"] == Tap("features.3", F.relu)  # projection + residual: relu(x + BN)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        seen = {}
+        with tap_activations(mobilenet, lambda name, a: seen.__setitem__(name, a.clone()), taps):
+            mobilenet(x)
+        block_input = mobilenet.features[:3](x)
+        expected = F.relu(block_input + mobilenet.features[3].conv(block_input))
+    torch.testing.assert_close(seen["features.3.conv.2"], expected)
+
+
+class FlatResidual(nn.Module):
+    """A residual add in the model's own forward: no submodule returns it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.conv(x)) + x).mean(dim=(2, 3))
+
+
+def test_nonneg_tap_of_an_add_no_submodule_returns_is_a_user_error():
+    assert activation_taps(FlatResidual())["conv"] == Tap("bn", None)
+    with pytest.raises(UserError, match="residual add after conv 'conv' is not the output of a submodule"):
+        activation_taps(FlatResidual(), tap="nonneg")
+
+
+def test_nonneg_scores_of_convs_feeding_one_block_output_are_equal():
+    model = torchvision.models.resnet18(num_classes=4)
+    images = torch.randn(3, 3, 32, 32)
+    boxes = [torch.tensor([[4.0, 4, 20, 28]]), torch.tensor([[0.0, 0, 32, 16]]), torch.zeros(0, 4)]
+    nonneg = scores_of(model, [(images, boxes)], "map-ex", "contrast", tap="nonneg")
+    consumed = scores_of(model, [(images, boxes)], "map-ex", "diff")
+    torch.testing.assert_close(nonneg["layer2.0.conv2"], nonneg["layer2.0.downsample.0"], rtol=0, atol=0)
+    assert not torch.equal(consumed["layer2.0.conv2"], consumed["layer2.0.downsample.0"])
+    assert all(bool((values.abs() <= 1).all()) for values in nonneg.values())  # a contrast of non-negatives
+
+
+# --------------------------------------------------------------------------- the effective field
+
+
+def constant_conv(kernel: int) -> nn.Conv2d:
+    """A 1-channel conv with all weights 1: every pixel of its field counts the same."""
+    conv = nn.Conv2d(1, 1, kernel, padding=kernel // 2, bias=False)
+    nn.init.ones_(conv.weight)
+    return conv
+
+
+def test_effective_field_of_an_identity_conv_is_its_centre_pixel():
+    # the identity conv's output depends on the centre pixel only: effective weights are map's centre rule,
+    # where the theoretical 3x3 field gives fractional weights (test_hand_worked_map_ex_fractional_weights)
+    image = torch.zeros(4, 4)
+    image[0, 0], image[1, 1], image[3, 3] = 4, 9, 6
+    batches = [(image[None, None], [TOP_LEFT])]
+    model = nn.Sequential(identity_conv(3))
+    effective = scores_of(model, batches, "map-ex", "diff", field="effective")["0"]
+    assert effective.item() == pytest.approx(scores_of(model, batches, "map", "diff")["0"].item())
+    assert effective.item() != pytest.approx(scores_of(model, batches, "map-ex", "diff")["0"].item())
+
+
+def test_effective_field_of_a_constant_conv_is_its_theoretical_field():
+    images, boxes = random_task(3, size=8)
+    model = nn.Sequential(constant_conv(3))
+    batches = [(images[:, :1], boxes)]
+    theoretical = scores_of(model, batches, "map-ex", "diff")["0"]
+    torch.testing.assert_close(scores_of(model, batches, "map-ex", "diff", field="effective")["0"], theoretical)
+
+
+def test_a_layer_without_gradient_falls_back_to_its_theoretical_field():
+    model = random_small_net()
+    with torch.no_grad():
+        model.bn1.bias.fill_(-100.0)  # every unit of conv1's ReLU output is 0: no gradient reaches the input
+    images, _ = random_task(2)
+    fields = effective_fields(model, images, activation_taps(model), receptive_fields(model, (16, 16)))
+    torch.testing.assert_close(fields["conv1"].kernel, torch.full((3, 3), 1 / 9))  # conv1's 3x3 field
+    assert fields["conv1"].first == (-1, -1)
+
+
+def test_effective_scores_are_deterministic_and_leave_the_model_alone():
+    model = random_small_net().train()
+    images, boxes = random_task(6)
+    running_mean = model.bn1.running_mean.clone()
+    first = scores_of(model, in_batches(images, boxes, 3), "map-ex", "contrast", tap="nonneg", field="effective")
+    again = scores_of(model, in_batches(images, boxes, 3), "map-ex", "contrast", tap="nonneg", field="effective")
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert model.training and torch.equal(model.bn1.running_mean, running_mean)
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_effective_weights_vary_across_resnet18_layer4_where_theoretical_ones_are_constant():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    images = torch.randn(2, 3, 64, 64)
+    box = BoxBatch([torch.tensor([[4.0, 4, 20, 20]])], (64, 64))  # 16x16 pixels near the top-left corner
+    layer4 = [name for name in activation_taps(model) if name.startswith("layer4")]
+    geometries = receptive_fields(model, (64, 64))
+    fields = effective_fields(model, images, {name: activation_taps(model)[name] for name in layer4}, geometries)
+    for name in layer4:
+        theoretical = batch_foreground_weights(geometries[name], (2, 2), box, "map-ex")[0]
+        effective = effective_foreground_weights(fields[name], (2, 2), box)[0]
+        assert torch.equal(theoretical, torch.full((2, 2), 256 / 4096))  # every field is the whole image
+        assert effective.max() - effective.min() > 0.05, name
+        assert effective.argmax() == 0, name  # the unit centred at the box's corner weighs it most
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("score, tap, field", [
+    ("diff", "consumed", "theoretical"), ("contrast", "nonneg", "theoretical"),
+    ("diff", "consumed", "effective"), ("contrast", "nonneg", "effective"),
+])
+def test_variants_on_cuda_agree_with_cpu(score, tap, field):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    images = torch.randn(6, 3, 64, 64)
+    boxes = [torch.tensor([[4.0, 4, 40, 30]]), torch.tensor([[10.0, 20, 64, 64]]), torch.tensor([[0.0, 0, 20, 64]])] * 2
+    batches = [(images[:4], boxes[:4]), (images[4:], boxes[4:])]
+    cpu = scores_of(model, batches, "map-ex", score, tap=tap, field=field)
+    cuda = scores_of(model.cuda(), batches, "map-ex", score, tap=tap, field=field)
+    for name in cpu:  # cuDNN may use TF32: agreement to about 1e-3 of the layer's scale
+        torch.testing.assert_close(cuda[name], cpu[name], rtol=0, atol=2e-3 * float(cpu[name].abs().max()) + 1e-6)

@@ -15,7 +15,9 @@ from conftest import REPO
 
 pytestmark = pytest.mark.e2e
 CI_CONFIG = "config/ci.yaml"
-FIGURES = ["accuracy_vs_ratio", "accuracy_vs_macs", "filters_per_layer", "response_maps", "samples_study", "training_curves"]
+FIGURES = ["accuracy_vs_ratio", "accuracy_vs_macs", "paired_differences", "sanity_check", "layer_sensitivity",
+           "filters_per_layer", "response_maps", "samples_study", "training_curves"]
+TABLES = ["summary", "comparisons", "sanity", "latency"]
 
 
 def _copy_repo(dest: Path) -> Path:
@@ -50,9 +52,14 @@ def _assert_results_complete(root: Path) -> pd.DataFrame:
     params = yaml.safe_load((root / "params.yaml").read_text())
     table = pd.read_csv(root / "results/tables/summary.csv")
     assert set(table["criterion"]) == {"none", *params["prune"]["criteria"]}
+    assert set(table["task"]) == {"pooled", *(task["name"] for task in params["data"]["tasks"])}
     markdown = (root / "results/tables/summary.md").read_text()
     for criterion in params["prune"]["criteria"]:
         assert criterion in markdown
+    for name in TABLES:
+        assert (root / "results/tables" / f"{name}.md").stat().st_size > 100, name
+    sanity = pd.read_csv(root / "results/tables/sanity.csv")
+    assert set(sanity["criterion"]) == set(params["sanity"]["criteria"])
     for figure in FIGURES:
         for suffix in (".png", ".pdf"):
             assert (root / "results/figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
@@ -78,9 +85,9 @@ def test_snakemake_produces_every_table_and_figure(snakemake_tree):
 
 
 def test_dvc_repro_produces_the_same_numbers(snakemake_tree, dvc_tree):
-    snake = _assert_results_complete(snakemake_tree).set_index(["criterion", "ratio"])
-    dvc = _assert_results_complete(dvc_tree).set_index(["criterion", "ratio"])
-    columns = ["top1_pct_mean", "params_m_mean", "macs_m_mean"]
+    snake = _assert_results_complete(snakemake_tree).set_index(["task", "criterion", "ratio"])
+    dvc = _assert_results_complete(dvc_tree).set_index(["task", "criterion", "ratio"])
+    columns = ["top1_pct_mean", "top1_pct_low", "top1_pct_high", "params_m", "macs_m"]
     pd.testing.assert_frame_equal(snake[columns].sort_index(), dvc[columns].sort_index())
 
 
@@ -121,8 +128,7 @@ def test_dvc_exp_run_sets_a_param_and_reruns_only_what_reads_it(dvc_tree):
 
     reps = yaml.safe_load((dvc_tree / "params.yaml").read_text())["evaluate"]["latency_reps"] + 1
     output = _run(["dvc", "exp", "run", "-S", f"evaluate.latency_reps={reps}"], dvc_tree)
-    assert set(re.findall(r"Running stage '([a-z_]+)", output)) == {"evaluate", "evaluate_unpruned", "report"}, \
-        output[-3000:]
+    assert set(re.findall(r"Running stage '([a-z_]+)", output)) == {"latency", "report"}, output[-3000:]
     assert yaml.safe_load((dvc_tree / "params.yaml").read_text())["evaluate"]["latency_reps"] == reps
     assert _run(["dvc", "exp", "list", "--name-only"], dvc_tree).split(), "no experiment recorded"
     _assert_results_complete(dvc_tree)
@@ -135,11 +141,12 @@ def test_adding_a_ratio_under_dvc_reruns_only_the_new_stages(dvc_tree):
     params["prune"]["ratios"].append(0.45)
     (dvc_tree / "params.yaml").write_text(yaml.safe_dump(params))
     changed = json.loads(_run(["dvc", "status", "--json"], dvc_tree).strip().splitlines()[-1])
-    criteria = len(params["prune"]["criteria"])
-    new_runs = [name for name in changed if name != "report"]
-    assert "report" in changed
-    assert sorted({name.split("@")[0] for name in new_runs}) == ["evaluate", "finetune", "prune"], sorted(changed)
-    assert len(new_runs) == 3 * criteria and all("-0.45-" in name for name in new_runs), sorted(changed)
+    runs = len(params["prune"]["criteria"]) * len(params["data"]["tasks"]) * len(params["seeds"])
+    new_runs = [name for name in changed if name.startswith("run@")]
+    assert len(new_runs) == runs and all("-0.45-" in name for name in new_runs), sorted(changed)
+    # the sanity check covers every ratio (one job per task); the latency table and the report read every run
+    others = sorted({name.split("@")[0] for name in changed if not name.startswith("run@")})
+    assert others == ["latency", "report", "sanity"], sorted(changed)
 
 
 def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
@@ -148,8 +155,9 @@ def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
     (snakemake_tree / "params.yaml").write_text(yaml.safe_dump(params))  # in place; keys reordered too
     output = _run(["snakemake", "-n"], snakemake_tree)
     stats = _job_counts(output)
-    criteria = len(params["prune"]["criteria"])
-    assert stats == {"prune": criteria, "finetune": criteria, "evaluate": criteria, "report": 1, "default": 1}, stats
+    runs = len(params["prune"]["criteria"]) * len(params["data"]["tasks"]) * len(params["seeds"])
+    tasks = len(params["data"]["tasks"])
+    assert stats == {"run": runs, "sanity": tasks, "latency": 1, "report": 1, "default": 1}, stats
 
 
 def _job_counts(dry_run_output: str) -> dict[str, int]:

@@ -48,7 +48,23 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
     if errors:
         error = errors[0]
         raise UserError(f"{source}: {_location(error)}: {error.message}")
-    return with_defaults(params)
+    params = with_defaults(params)
+    _check_names(params, source)
+    return params
+
+
+def _check_names(params: dict[str, Any], source: str) -> None:
+    """What the schema cannot say: task names are unique, every row resolves to a criterion and options."""
+    from mapex.pipeline import check_rows, task_names
+
+    names = task_names(params)
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise UserError(f"{source}: data.tasks: task name '{duplicated[0]}' is used twice")
+    try:
+        check_rows(params)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
 
 
 def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +75,8 @@ def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
     data.setdefault("max_per_class", None)
     data.setdefault("max_test_per_class", None)
     model = {"stem": "imagenet", "pretrained": False, **params["model"]}
-    return {**params, "data": data, "model": model}
+    prune = {"round_to": 8, **params["prune"]}
+    return {**params, "data": data, "model": model, "prune": prune}
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

@@ -11,13 +11,16 @@ Data-driven criteria read the same ``batches`` iterable, of ``(images, labels, b
 reads: after the BN and ReLU that follow the conv, where they exist), tapped by
 :mod:`mapex.statistics`. They accumulate running sums, so memory does not grow with the number of
 samples, and run the model in eval mode (BN running statistics, no dropout).
+
+A criterion with variants declares them in its ``OPTIONS`` and takes them as constructor
+keywords (``map-ex``: ``score``, ``tap``, ``field``; ``map``: ``score``, ``tap``);
+:func:`criterion_options` lists them so that a caller can validate its parameters up front.
 """
 from __future__ import annotations
 
 import abc
-import contextlib
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -41,15 +44,26 @@ def is_conv_out_pruning(dep: tp.Dependency) -> bool:
 class Criterion(tp.importance.Importance):
     """Base class: per-filter scores by conv name, and their group mean for Torch-Pruning.
 
-    Subclasses set ``name`` and ``needs_data`` and implement :meth:`_score`.
+    Subclasses set ``name`` and ``needs_data`` and implement :meth:`_score`. A criterion with
+    variants declares them in ``OPTIONS`` (option -> allowed values, the first is the default;
+    Torch-Pruning importances take theirs as constructor arguments too), takes each as a
+    constructor keyword argument and checks it with :meth:`_check_options`.
     """
 
     name: ClassVar[str]
     needs_data: ClassVar[bool]
+    OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, scores: Mapping[str, Tensor] | None = None) -> None:
         self.scores: ScoreDict = _clean(scores or {})
         self._module_scores: dict[nn.Module, Tensor] = {}
+
+    def _check_options(self, **values: str) -> None:
+        """A :class:`mapex.io.UserError` naming the option and value unless every value is allowed."""
+        for option, value in values.items():
+            allowed = self.OPTIONS[option]
+            if value not in allowed:
+                raise io.UserError(f"criterion '{self.name}': unknown {option} '{value}'; valid: {', '.join(allowed)}")
 
     def compute(
         self,
@@ -130,14 +144,24 @@ def register(cls: CriterionClass) -> CriterionClass:
 
 def get_criterion(name: str, **kwargs: Any) -> Criterion:
     """An instance of the criterion called ``name``; keyword arguments go to its constructor
-    (``scores`` for all; ``seed`` for ``random``; ``score`` for ``map-ex`` and ``map``)."""
-    if name not in CRITERIA:
-        raise io.UserError(f"unknown criterion '{name}'; valid: {', '.join(sorted(CRITERIA))}")
-    options = inspect.signature(CRITERIA[name]).parameters
+    (``scores`` for all; ``seed`` for ``random``; the :func:`criterion_options` of each)."""
+    options = inspect.signature(_criterion_class(name)).parameters
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         raise io.UserError(f"criterion '{name}' has no option {', '.join(unknown)}; it takes {', '.join(options)}")
     return CRITERIA[name](**kwargs)
+
+
+def criterion_options(name: str) -> dict[str, tuple[str, ...]]:
+    """The options the criterion ``name`` declares, each with its allowed values (first = default),
+    so that a caller can validate a params section before any work; ``{}`` for one without."""
+    return dict(_criterion_class(name).OPTIONS)
+
+
+def _criterion_class(name: str) -> type[Criterion]:
+    if name not in CRITERIA:
+        raise io.UserError(f"unknown criterion '{name}'; valid: {', '.join(sorted(CRITERIA))}")
+    return CRITERIA[name]
 
 
 # --------------------------------------------------------------------------- data-free criteria
@@ -197,31 +221,53 @@ class RandomCriterion(Criterion):
 # --------------------------------------------------------------------------- data-driven criteria
 
 
-@register
-class MapExCriterion(Criterion):
-    """Map-EX: foreground minus background response per filter, boxes mapped with receptive-field
-    expansion (SPEC); ``score`` is ``diff``, ``ratio`` or ``fg``."""
+class _ResponseCriterion(Criterion):
+    """Foreground against background response per filter (SPEC), by :func:`mapex.statistics.filter_scores`
+    with ``method = name``; ``score`` and ``tap`` are the SPEC's variants."""
 
-    name = "map-ex"
     needs_data = True
+    OPTIONS = {"score": statistics.SCORES, "tap": statistics.TAPS}
 
-    def __init__(self, scores: Mapping[str, Tensor] | None = None, score: str = "diff") -> None:
+    def __init__(self, scores: Mapping[str, Tensor] | None, **options: str) -> None:
+        """``options``: every option of ``OPTIONS``; a subclass without ``field`` gets ``theoretical``."""
         super().__init__(scores)
-        if score not in statistics.SCORES:
-            raise io.UserError(f"unknown Map-EX score '{score}'; valid: {', '.join(statistics.SCORES)}")
-        self.score = score
+        self._check_options(**options)
+        self.score, self.tap = options["score"], options["tap"]
+        self.field = options.get("field", statistics.FIELDS[0])
+        statistics.check_variant(self.name, self.score, self.tap, self.field)
 
     def _score(self, model, batches, input_size) -> ScoreDict:
         return statistics.filter_scores(
-            model, batches, method=self.name, score=self.score, input_size=input_size
+            model, batches, method=self.name, score=self.score, input_size=input_size, tap=self.tap, field=self.field
         )
 
 
 @register
-class MapCriterion(MapExCriterion):
+class MapExCriterion(_ResponseCriterion):
+    """Map-EX: boxes mapped to units with receptive-field expansion, under the ``theoretical``
+    receptive field or the measured ``effective`` one (SPEC)."""
+
+    name = "map-ex"
+    OPTIONS = {**_ResponseCriterion.OPTIONS, "field": statistics.FIELDS}
+
+    def __init__(
+        self,
+        scores: Mapping[str, Tensor] | None = None,
+        score: str = "diff",
+        tap: str = "consumed",
+        field: str = "theoretical",
+    ) -> None:
+        super().__init__(scores, score=score, tap=tap, field=field)
+
+
+@register
+class MapCriterion(_ResponseCriterion):
     """The ablation of Map-EX: boxes mapped to units by stride only (no receptive-field expansion)."""
 
     name = "map"
+
+    def __init__(self, scores: Mapping[str, Tensor] | None = None, score: str = "diff", tap: str = "consumed") -> None:
+        super().__init__(scores, score=score, tap=tap)
 
 
 class _ActivationCriterion(Criterion):
@@ -296,7 +342,7 @@ class TaylorCriterion(Criterion):
             # The input requires grad so that activations do even where parameters are frozen.
             images = _images(batch, model).detach().requires_grad_(True)
             labels = _labels(batch, model)
-            with torch.enable_grad(), _kept_outputs(model, taps) as outputs:
+            with torch.enable_grad(), statistics.kept_outputs(model, taps) as outputs:
                 loss = F.cross_entropy(model(images), labels, reduction="sum")
             # A filter whose output never reaches the loss has no gradient: its score is 0.
             gradients = torch.autograd.grad(
@@ -306,32 +352,6 @@ class TaylorCriterion(Criterion):
                 per_image = (output.detach() * gradient).sum(dim=(2, 3)).double().pow(2)
                 means.add(name, per_image.sum(dim=0), len(per_image))
         return means.result()
-
-
-@contextlib.contextmanager
-def _kept_outputs(model: nn.Module, module_of: dict[str, str]) -> Iterator[dict[str, Tensor]]:
-    """Collect, per conv name, the output of module ``module_of[conv_name]`` during a forward pass.
-
-    The model continues with a copy of each collected output, so its later in-place operations
-    (ResNet's ``relu(inplace=True)`` and ``out += identity``) leave the kept tensor, and the
-    gradient with respect to it, as they were.
-    """
-    modules = dict(model.named_modules())
-    outputs: dict[str, Tensor] = {}
-
-    def keep(conv_name: str) -> Callable:
-        def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-            outputs[conv_name] = output
-            return output.clone()
-
-        return hook
-
-    handles = [modules[module].register_forward_hook(keep(conv)) for conv, module in module_of.items()]
-    try:
-        yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -28,13 +28,18 @@ InputSize = int | tuple[int, int]
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = True) -> dict[str, float]:
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = True,
+             predictions: bool = False) -> dict[str, Any]:
     """Top-1 and top-k accuracy (k = min(5, number of classes)) over ``loader``, in eval mode.
 
-    Batches are ``(images, labels, ...)``; returns ``{"top1", "top5", "n"}``.
+    Batches are ``(images, labels, ...)``; returns ``{"top1", "top5", "n"}`` and, with
+    ``predictions``, ``{"label": [...], "pred": [...]}`` per image in the loader's order (what the
+    paired comparisons of the report resample).
     """
     model.to(device).eval()
     top1 = top5 = seen = 0
+    labels_seen: list[int] = []
+    predicted: list[int] = []
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         logits = model(images)
@@ -43,9 +48,15 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, progres
         top1 += hits[:, 0].sum().item()
         top5 += hits.any(dim=1).sum().item()
         seen += len(labels)
+        if predictions:
+            labels_seen += labels.tolist()
+            predicted += ranked[:, 0].tolist()
     if seen == 0:
         raise UserError("the evaluation loader yields no sample")
-    return {"top1": top1 / seen, "top5": top5 / seen, "n": seen}
+    result: dict[str, Any] = {"top1": top1 / seen, "top5": top5 / seen, "n": seen}
+    if predictions:
+        result["predictions"] = {"label": labels_seen, "pred": predicted}
+    return result
 
 
 def count_params(model: nn.Module) -> int:
@@ -93,6 +104,24 @@ def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device:
             if rep >= warmup:
                 times.append((time.perf_counter() - started) * 1000.0)
     return statistics.median(times)
+
+
+def interleaved_latency(first: nn.Module, second: nn.Module, batch: int, input_size: InputSize,
+                        reps: int, warmup: int = 3) -> tuple[float, float]:
+    """CPU milliseconds of ``first`` and of ``second``, timed alternately in one loop (median of ``reps``).
+
+    Alternating puts both models under the same machine state (clock, cache, other load), so
+    their ratio is the speedup even where absolute times drift on a shared machine.
+    """
+    cpu = torch.device("cpu")
+    models = [copy.deepcopy(first).to(cpu), copy.deepcopy(second).to(cpu)]
+    times: list[list[float]] = [[], []]
+    for rep in range(warmup + reps):
+        for model, measured in zip(models, times):
+            elapsed = measure_latency(model, batch, input_size, cpu, warmup=0, reps=1)
+            if rep >= warmup:
+                measured.append(elapsed)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, input_size: InputSize,

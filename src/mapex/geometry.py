@@ -1,13 +1,15 @@
 """Receptive-field geometry of conv layers and the box -> feature-map foreground weights (SPEC).
 
-Two halves:
+Three parts:
 
 * :func:`receptive_fields` traces the model with ``torch.fx`` and propagates the SPEC recurrence
   ``j' = j*s``, ``r' = r + (k-1)*d*j``, ``c' = c + ((k-1)*d/2 - p)*j`` from the input
   (``j = 1, r = 1, c = 0``) through convs and pools, giving every ``nn.Conv2d`` the geometry of
-  its *output*.
+  its *output* (:func:`node_geometries`: of every node's output).
 * :func:`foreground_weights` / :func:`batch_foreground_weights` turn an image's boxes into a
   weight per unit of a layer's feature map, for the ``map`` and ``map-ex`` methods.
+* :func:`effective_foreground_weights`: the ``map-ex`` weights under a measured
+  :class:`EffectiveField` instead of the theoretical receptive field (SPEC's field variant).
 
 Pixel rule for boxes (SPEC says pixel ``p`` covers ``[p, p+1)`` and an integer box ``x0..x1``
 covers pixels ``x0 … x1-1``): a pixel is inside a box when its centre ``p + 0.5`` lies in
@@ -93,14 +95,24 @@ def receptive_fields(
     if len(input_size) != 2 or min(input_size) < 1:
         raise UserError(f"input_size must be (height, width) in pixels, got {input_size}")
     modules = dict(model.named_modules())
-    geometry_of: dict[fx.Node, LayerGeometry | None] = {}
     conv_geometry: dict[str, LayerGeometry] = {}
-    for node in (graph or trace_model(model)).nodes:
-        geometry = _node_geometry(node, modules, geometry_of)
-        geometry_of[node] = geometry
+    for node, geometry in node_geometries(model, graph).items():
         if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
             _record_conv(conv_geometry, node.target, geometry)
     return conv_geometry
+
+
+def node_geometries(model: nn.Module, graph: fx.Graph | None = None) -> dict[fx.Node, LayerGeometry | None]:
+    """Geometry of every node's output in the model's graph (``None`` where it is not a spatial map).
+
+    The same recurrence as :func:`receptive_fields`, for tensors that are not a conv's output
+    (e.g. a residual block's output after the add).
+    """
+    modules = dict(model.named_modules())
+    geometry_of: dict[fx.Node, LayerGeometry | None] = {}
+    for node in (graph or trace_model(model)).nodes:
+        geometry_of[node] = _node_geometry(node, modules, geometry_of)
+    return geometry_of
 
 
 def _record_conv(conv_geometry: dict[str, LayerGeometry], name: str, geometry: LayerGeometry | None) -> None:
@@ -220,14 +232,16 @@ class BoxBatch:
     """The boxes of a batch of images, prepared once and shared by every layer.
 
     ``boxes``: ``[B, K, 4]``, each image's boxes padded with empty boxes to the batch's largest
-    count; ``integral``: ``[B, H+1, W+1]`` integral image (2-D cumulative sum, zero first row and
-    column) of the mask of pixels inside the union of the image's boxes (pixel-centre rule).
+    count; ``mask``: ``[B, H, W]`` bool, the pixels inside the union of the image's boxes
+    (pixel-centre rule); ``integral``: ``[B, H+1, W+1]`` integral image (2-D cumulative sum, zero first row and
+    column) of ``mask``.
     """
 
     def __init__(self, boxes: Sequence[Tensor], image_hw: tuple[int, int], device: torch.device | str = "cpu"):
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.boxes = _pad_boxes(boxes, torch.device(device))
-        self.integral = _integral_image(_union_mask(self.boxes, self.image_hw))
+        self.mask = _union_mask(self.boxes, self.image_hw)
+        self.integral = _integral_image(self.mask)
 
 
 def _pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -320,3 +334,87 @@ def foreground_weights(
     """
     device = boxes.device if isinstance(boxes, Tensor) else "cpu"
     return batch_foreground_weights(geom, feature_hw, BoxBatch([boxes], image_hw, device), method)[0]
+
+
+# --------------------------------------------------------------------------- effective receptive fields
+
+
+@dataclass(frozen=True, eq=False)
+class EffectiveField:
+    """A layer's effective receptive field (Luo et al. 2016) as a kernel over input pixels (SPEC).
+
+    ``kernel [kh, kw]`` is non-negative and sums to 1. For unit ``(y, x)`` of the layer it weighs
+    the pixel rows ``first[0] + y*jump …`` and columns ``first[1] + x*jump …``: the measured
+    kernel shifted by the unit's offset, which may reach outside the image.
+    """
+
+    kernel: Tensor
+    first: tuple[int, int]
+    jump: int
+
+    @classmethod
+    def from_map(cls, sensitivity: Tensor, unit: tuple[int, int], jump: float) -> EffectiveField:
+        """From ``sensitivity [H, W]``, how much each input pixel moves unit ``unit`` (non-negative,
+        not all zero): cropped to its non-zero bounding box (no approximation) and normalised to sum 1."""
+        if jump != int(jump):
+            raise UserError(f"effective receptive fields need an integer jump between units, got {jump}")
+        rows, cols = sensitivity.sum(1).nonzero()[:, 0], sensitivity.sum(0).nonzero()[:, 0]
+        if len(rows) == 0:
+            raise UserError(f"unit {unit} depends on no input pixel: no effective receptive field to measure")
+        top, left = int(rows[0]), int(cols[0])
+        kernel = sensitivity[top:int(rows[-1]) + 1, left:int(cols[-1]) + 1]
+        jump = int(jump)
+        return cls(kernel / kernel.sum(), (top - unit[0] * jump, left - unit[1] * jump), jump)
+
+
+def field_box_map(geometry: LayerGeometry, unit: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+    """``[H, W]`` float32: 1 on the pixels of unit ``unit``'s clipped theoretical receptive field, else 0."""
+    mask = torch.zeros(image_hw)
+    top, bottom = (int(v[unit[0]]) for v in _clipped_field(geometry, unit[0] + 1, image_hw[0], "cpu"))
+    left, right = (int(v[unit[1]]) for v in _clipped_field(geometry, unit[1] + 1, image_hw[1], "cpu"))
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
+def effective_foreground_weights(field: EffectiveField, feature_hw: tuple[int, int], boxes: BoxBatch) -> Tensor:
+    """``[B, h, w]`` float32 foreground weight of every unit under its effective receptive field.
+
+    ``w_u = Σ_p K(p − c_u)·box(p) / Σ_p K(p − c_u)·inimage(p)``: the kernel-weighted share of the
+    unit's in-image pixels that lie in a box; 0 for a unit whose kernel misses the image. Both sums
+    are one strided ``conv2d`` of the mask with the kernel, for the whole batch.
+    """
+    covered = _kernel_sums(boxes.mask[:, None].to(torch.float32), field, feature_hw)
+    in_image = _kernel_sums(torch.ones(1, 1, *boxes.image_hw, device=boxes.mask.device), field, feature_hw)
+    weights = covered / in_image.clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.where(in_image > 0, weights.clamp(0, 1), 0.0)
+
+
+def _kernel_sums(mask: Tensor, field: EffectiveField, feature_hw: tuple[int, int]) -> Tensor:
+    """``[N, h, w]``: per unit, the sum of ``mask [N, 1, H, W]`` weighted by the unit's shifted kernel.
+
+    The mask is zero-padded (or cropped, by negative padding) so that unit ``u``'s window starts at
+    ``u * jump`` of the padded mask.
+    """
+    padding: list[int] = []
+    for axis in (1, 0):  # F.pad takes the last dimension first
+        before = -field.first[axis]
+        after = field.first[axis] + (feature_hw[axis] - 1) * field.jump + field.kernel.shape[axis] - mask.shape[2 + axis]
+        padding += [before, after]
+    kernel = field.kernel.to(mask.device, mask.dtype)[None, None]
+    return F.conv2d(F.pad(mask, padding), kernel, stride=field.jump)[:, 0]
+
+
+def whole_image_units(geometry: LayerGeometry, feature_hw: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+    """``[h, w]`` bool: units whose clipped theoretical receptive field is the whole image.
+
+    Their ``map-ex`` weight is the boxes' share of the image, the same for every such unit, so an
+    image whose units are all like this has ``F_i = B_i`` (the issue of 64-pixel inputs).
+    """
+    rows = _covers_extent(geometry, feature_hw[0], image_hw[0])
+    cols = _covers_extent(geometry, feature_hw[1], image_hw[1])
+    return rows[:, None] & cols[None, :]
+
+
+def _covers_extent(geometry: LayerGeometry, count: int, extent: int) -> Tensor:
+    first, end = _clipped_field(geometry, count, extent, "cpu")
+    return (first == 0) & (end == extent)

@@ -18,7 +18,6 @@ from mapex.io import UserError, load_torch
 
 DIGITS = 16
 """Hex digits kept of a sha256: enough to tell files and settings apart, short enough to read."""
-_MISSING = object()
 
 
 def fingerprint(value: Any) -> str:
@@ -41,12 +40,24 @@ def data_fingerprint(params: Mapping[str, Any]) -> str:
     return fingerprint({"data": params["data"], "split_seed": params["train"]["seed"]})
 
 
+def same(a: Any, b: Any) -> bool:
+    """Whether two identity values are equal as JSON (so ``1`` is not ``1.0`` nor ``True``).
+
+    Safe for whatever a spoiled file holds (a tensor, a nested odd value): such a value is simply not
+    equal to a plain one.
+    """
+    try:
+        return fingerprint(a) == fingerprint(b)
+    except (TypeError, ValueError):
+        return False
+
+
 def check_identity(meta: Mapping[str, Any], expected: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Raise one :class:`UserError` naming ``path`` and every key of ``expected`` that ``meta`` differs in."""
     differences = [
         f"{key} is {_short(meta[key])}, expected {_short(value)}" if key in meta else f"it has no {key}"
         for key, value in expected.items()
-        if meta.get(key, _MISSING) != value
+        if key not in meta or not same(meta[key], value)
     ]
     if differences:
         raise UserError(f"{path}: made from something else ({'; '.join(differences)}); "

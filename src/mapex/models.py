@@ -157,6 +157,20 @@ _TINY_BUILDERS: dict[str, Callable[[int, bool], nn.Module]] = {
 }
 
 
+def reinitialise(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh weights for every layer, drawn from ``seed``, in place: the "scratch" baseline of a pruned
+    architecture (Liu et al., ICLR 2019, "Rethinking the value of network pruning")."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model
+
+
 def restrict_classes(model: nn.Module, keep: list[int]) -> nn.Module:
     """A copy of ``model`` whose final Linear keeps only the output rows ``keep``, in that order.
 

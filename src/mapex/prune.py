@@ -9,7 +9,8 @@ How many filters a group keeps, for a ratio ``r`` of filters removed:
 
 - local ranking (default): ``round((1 - r) * C)`` of its ``C`` channels;
 - global ranking: the channels among the top ``round((1 - r) * N)`` group scores of all ``N``
-  prunable channels (each group counted once), so scores must be comparable across layers;
+  prunable channels (each group counted once), each group's scores first divided by their mean
+  magnitude so that layers of different scales compete on equal terms;
 
 in both cases at least one, and with ``round_to`` the nearest multiple of it (at least ``round_to``;
 groups of at most ``round_to`` channels are not rounded). We fix these counts ourselves and hand
@@ -78,6 +79,7 @@ def prune_model(
     global_pruning: bool = False,
     exempt: Sequence[str] | None = None,
     round_to: int | None = None,
+    keep: dict[str, int] | None = None,
 ) -> PruneReport:
     """Remove the fraction ``ratio`` of the output filters of every prunable conv, in place.
 
@@ -86,6 +88,9 @@ def prune_model(
     precomputed). ``exempt`` names modules left whole (default: the first conv and the
     classifier, see :func:`default_exempt`); a group that contains an exempt module is not pruned.
     ``round_to`` rounds the kept channel counts to multiples of it (e.g. 8 for fast kernels).
+    ``keep`` (conv name -> count) fixes how many filters each named conv keeps instead (convs not
+    named keep all; coupled convs must be given the same count): the sanity check draws random
+    prunings at another criterion's shapes with it, and the sensitivity study prunes one group.
     """
     if not 0.0 <= ratio < 1.0:
         raise io.UserError(f"pruning ratio must be in [0, 1), got {ratio}")
@@ -97,11 +102,13 @@ def prune_model(
     ignored = [module for name in exempt for module in _module_named(model, name).modules()]
     importance.bind(model)
     filters_before = _filter_counts(model)
-    macs_before, params_before = _count(model, example_input)
+    macs_before, params_before = count_macs_and_params(model, example_input)
 
     pruned: dict[str, list[int]] = {}
     with _evaluating(model), torch.enable_grad():  # Torch-Pruning traces through autograd
-        if global_pruning:
+        if keep is not None:
+            kept = {conv: keep.get(name, conv.out_channels) for name, conv in _convs(model)}
+        elif global_pruning:
             kept = _globally_kept(model, importance, ratio, example_input, ignored, round_to)
         else:
             kept = {conv: kept_count(conv.out_channels, ratio, round_to) for _, conv in _convs(model)}
@@ -110,7 +117,7 @@ def prune_model(
             pruned.update(_pruned_conv_filters(group, names))
             group.prune()
 
-    macs_after, params_after = _count(model, example_input)
+    macs_after, params_after = count_macs_and_params(model, example_input)
     return PruneReport(
         criterion=importance.name,
         ratio=ratio,
@@ -162,6 +169,19 @@ def default_exempt(model: nn.Module, example_input: Tensor) -> list[str]:
     return convs[:1] + linears[-1:]
 
 
+def prunable_groups(model: nn.Module, example_input: Tensor, exempt: Sequence[str] | None = None) -> list[list[str]]:
+    """The conv names of each group of coupled output channels that :func:`prune_model` may prune."""
+    example_input = example_input[:1].to(next(model.parameters()).device)
+    names = {module: name for name, module in model.named_modules()}
+    exempt = list(default_exempt(model, example_input) if exempt is None else exempt)
+    ignored = [module for name in exempt for module in _module_named(model, name).modules()]
+    with _evaluating(model), torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
+        return [sorted({names[item.dep.target.module] for item in group if is_conv_out_pruning(item.dep)})
+                for group in groups]
+
+
 MODEL_FORMAT = "mapex-model/2"
 SCORES_FORMAT = "mapex-scores/1"
 
@@ -209,7 +229,18 @@ def load_pruned(path: Any, expect: dict[str, Any] | None = None) -> tuple[nn.Mod
                            f"{str(err).strip().splitlines()[-1].strip()[:200]}") from err
     if any(tensor.is_meta for tensor in itertools.chain(model.parameters(), model.buffers())):
         raise io.UserError(f"{path}: its weights do not cover every layer of a {arch} ({stem} stem)")
+    _check_runs(model, path)
     return model, meta
+
+
+def _check_runs(model: nn.Module, path: Any) -> None:
+    """One forward pass of a small image: weights whose shapes do not chain (a BatchNorm narrower
+    than its conv) are found here, naming the file, not in the middle of a stage."""
+    try:
+        with torch.no_grad(), _evaluating(model):
+            model(torch.zeros(1, 3, 64, 64))
+    except RuntimeError as err:
+        raise io.UserError(f"{path}: its weights do not fit together ({' '.join(str(err).split())[:160]})") from err
 
 
 def save_scores(path: Any, scores: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -295,7 +326,7 @@ def _globally_kept(
     groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]))
     if not groups:
         return {}
-    scores = [importance(group) for group in groups]
+    scores = [_layer_normalised(importance(group)) for group in groups]
     owners = torch.cat([torch.full((len(group_scores),), i) for i, group_scores in enumerate(scores)])
     best = torch.cat(scores).argsort(descending=True)[: round((1.0 - ratio) * len(owners))]
     counts = torch.bincount(owners[best], minlength=len(groups)).tolist()
@@ -305,6 +336,14 @@ def _globally_kept(
         for item in group
         if is_conv_out_pruning(item.dep)
     }
+
+
+def _layer_normalised(scores: Tensor) -> Tensor:
+    """A group's scores divided by their mean magnitude, so that global ranking compares how a channel
+    stands within its own layer, not the layers' scales (an L1 norm grows with fan-in; SPEC, our rule).
+    A group whose scores are all 0 stays 0."""
+    scale = scores.abs().mean()
+    return scores / scale if scale > 0 else scores
 
 
 def _make_pruner(
@@ -351,7 +390,7 @@ def _filter_counts(model: nn.Module) -> dict[str, int]:
     return {name: conv.out_channels for name, conv in _convs(model)}
 
 
-def _count(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
+def count_macs_and_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
     """(MACs per image, parameters). Torch-Pruning counts a conv's multiply-adds plus bias, BN,
     activation and pooling element operations; it runs a deep copy in eval mode."""
     macs, params = tp.utils.count_ops_and_params(model, example_input)

@@ -10,6 +10,12 @@ so the consumed activation of ``conv2`` is the BN output itself (no ReLU).
 The activation is applied *functionally* in a forward hook on the conv or BN module, never by
 hooking the activation module, because torchvision's ResNet calls one in-place ``relu`` module
 several times per block.
+
+The ``nonneg`` tap (SPEC, this project's variant) differs only where that walk stops at a residual
+add: the conv is then scored on ``relu`` of the add's output (of the activation applied to it,
+if one follows), read at the output of the submodule that returns it (a ResNet block, a
+MobileNetV2 inverted residual). Every other conv gets ``relu`` of its consumed activation
+(which changes nothing after a ReLU or ReLU6).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import copy
 import functools
 import inspect
 import itertools
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, Sized
 
@@ -26,11 +33,26 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from tqdm.auto import tqdm
 
-from mapex.geometry import METHODS, BoxBatch, LayerGeometry, batch_foreground_weights, receptive_fields, trace_model
+from mapex.geometry import (
+    METHODS,
+    BoxBatch,
+    EffectiveField,
+    LayerGeometry,
+    batch_foreground_weights,
+    effective_foreground_weights,
+    field_box_map,
+    node_geometries,
+    receptive_fields,
+    trace_model,
+)
 from mapex.io import UserError
 
-SCORES = ("diff", "ratio", "fg")
+SCORES = ("diff", "ratio", "fg", "contrast")
+TAPS = ("consumed", "nonneg")
+FIELDS = ("theoretical", "effective")
 RATIO_EPSILON = 1e-6
+CONTRAST_EPSILON = 1e-6
+EFFECTIVE_FIELD_IMAGES = 16  # the effective fields are measured on at most this many images of the first batch
 CHUNK_BYTES = 2 << 20  # activations are weighted a few images at a time, about this many bytes
 
 Activation = Callable[[Tensor], Tensor]
@@ -41,6 +63,10 @@ _NORM_MODULES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
 _ACTIVATION_FUNCTIONS = {F.relu, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu, torch.relu}
 _ACTIVATION_METHODS = {"relu": F.relu, "relu_": F.relu}
+_NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6)
+_NONNEGATIVE_FUNCTIONS = {F.relu, F.relu6, torch.relu}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_ADD_METHODS = {"add", "add_"}
 
 
 @dataclass(frozen=True)
@@ -57,27 +83,83 @@ class Tap:
 # --------------------------------------------------------------------------- activation taps
 
 
-def activation_taps(model: nn.Module, graph: fx.Graph | None = None) -> dict[str, Tap]:
-    """For every ``nn.Conv2d`` (by qualified name), the :class:`Tap` of the activation the next layer consumes.
+def activation_taps(model: nn.Module, graph: fx.Graph | None = None, tap: str = "consumed") -> dict[str, Tap]:
+    """For every ``nn.Conv2d`` (by qualified name), the :class:`Tap` of its feature map ``A_l``.
 
-    ``graph``: the model's :func:`mapex.geometry.trace_model` graph, where the caller already has it.
+    ``tap``: ``consumed`` (the activation the next layer consumes) or ``nonneg`` (see the module
+    docstring). ``graph``: the model's :func:`mapex.geometry.trace_model` graph, where the caller
+    already has it.
     """
+    return {name: found for name, (found, _node) in _tap_nodes(model, graph or trace_model(model), tap).items()}
+
+
+def _tap_nodes(model: nn.Module, graph: fx.Graph, tap: str) -> dict[str, tuple[Tap, fx.Node]]:
+    """Per conv, its :class:`Tap` and the graph node of the tapped tensor (before ``tap.activation``)."""
+    if tap not in TAPS:
+        raise UserError(f"unknown tap '{tap}'; expected one of {', '.join(TAPS)}")
+    find = _consumed_tap if tap == "consumed" else _nonnegative_tap
     modules = dict(model.named_modules())
-    taps: dict[str, Tap] = {}
-    for node in (graph or trace_model(model)).nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
-            taps.setdefault(node.target, _tap_from(node, modules))
+    taps: dict[str, tuple[Tap, fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d) and node.target not in taps:
+            taps[node.target] = find(node, modules)
     return taps
 
 
-def _tap_from(conv_node: fx.Node, modules: dict[str, nn.Module]) -> Tap:
-    node = conv_node
-    follower = _only_user(node)
+def _output_and_consumer(conv_node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, fx.Node | None]:
+    """The conv's node, or that of the BatchNorm that is its only user; and that node's only user."""
+    follower = _only_user(conv_node)
     if follower is not None and follower.op == "call_module" and isinstance(modules[follower.target], _NORM_MODULES):
-        node = follower
-        follower = _only_user(node)
+        return follower, _only_user(follower)
+    return conv_node, follower
+
+
+def _consumed_tap(conv_node: fx.Node, modules: dict[str, nn.Module]) -> tuple[Tap, fx.Node]:
+    node, follower = _output_and_consumer(conv_node, modules)
     activation = None if follower is None else _activation_of(follower, modules)
-    return Tap(module=node.target, activation=activation)
+    return Tap(module=node.target, activation=activation), node
+
+
+def _nonnegative_tap(conv_node: fx.Node, modules: dict[str, nn.Module]) -> tuple[Tap, fx.Node]:
+    node, follower = _output_and_consumer(conv_node, modules)
+    if follower is not None and _is_residual_add(follower):
+        after_add = _only_user(follower)
+        end = after_add if after_add is not None and _activation_of(after_add, modules) is not None else follower
+        return Tap(module=_returning_module(end, conv_node.target), activation=F.relu), end
+    tap, node = _consumed_tap(conv_node, modules)
+    if _is_nonnegative(tap.activation):
+        return tap, node
+    return Tap(tap.module, F.relu if tap.activation is None else _then_relu(tap.activation)), node
+
+
+def _is_residual_add(node: fx.Node) -> bool:
+    """An addition of two tensors (``out += identity`` traces to ``operator.add``)."""
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _ADD_METHODS)
+    return is_add and sum(isinstance(arg, fx.Node) for arg in node.args) == 2
+
+
+def _is_nonnegative(activation: Activation | None) -> bool:
+    function = activation.func if isinstance(activation, functools.partial) else activation
+    return isinstance(function, _NONNEGATIVE_MODULES) or function in _NONNEGATIVE_FUNCTIONS
+
+
+def _then_relu(activation: Activation) -> Activation:
+    return lambda tensor: F.relu(activation(tensor))
+
+
+def _returning_module(node: fx.Node, conv_name: str) -> str:
+    """The innermost submodule whose forward returns ``node``'s value: ``node`` is computed inside
+    it and every user of ``node`` is outside it (``torch.fx`` records each node's module stack)."""
+    stack = list((node.meta.get("nn_module_stack") or {}).items())
+    for scope, (name, _module_type) in reversed(stack):
+        if node.op == "call_module" and name == node.target:
+            continue  # the node's own module (e.g. the ReLU after the add), which may be called several times
+        if all(scope not in (user.meta.get("nn_module_stack") or {}) for user in node.users):
+            return name
+        break
+    raise UserError(f"tap 'nonneg': the residual add after conv '{conv_name}' is not the output of a "
+                    "submodule, so it cannot be read with a forward hook")
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -127,6 +209,32 @@ def tap_activations(
     taps = activation_taps(model) if taps is None else taps
     with tap_outputs(model, taps, lambda name, output, tap: callback(name, tap.read(output))):
         yield taps
+
+
+@contextlib.contextmanager
+def kept_outputs(model: nn.Module, module_of: dict[str, str]) -> Iterator[dict[str, Tensor]]:
+    """Collect, per conv name, the output of module ``module_of[conv_name]`` during a forward pass.
+
+    The model continues with a copy of each collected output, so its later in-place operations
+    (ResNet's ``relu(inplace=True)`` and ``out += identity``) leave the kept tensor, and the
+    gradient with respect to it, as they were.
+    """
+    modules = dict(model.named_modules())
+    outputs: dict[str, Tensor] = {}
+
+    def keep(conv_name: str) -> Callable:
+        def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+            outputs[conv_name] = output
+            return output.clone()
+
+        return hook
+
+    handles = [modules[module].register_forward_hook(keep(conv)) for conv, module in module_of.items()]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager
@@ -203,18 +311,26 @@ class ResponseAccumulator:
     size) and batch, and shared by the convs that have them. Weights and the sums over a feature
     map's units are float32 (``bmm``); the running sums over images are float64 (float32 on MPS,
     which has no float64).
+
+    ``fields``: per conv, its :class:`EffectiveField`; given, ``map-ex`` weights are computed under
+    it (SPEC, field ``effective``) instead of under the theoretical receptive field.
     """
 
     def __init__(
-        self, geometries: dict[str, LayerGeometry], method: str = "map-ex", device: torch.device | str = "cpu"
+        self,
+        geometries: dict[str, LayerGeometry],
+        method: str = "map-ex",
+        device: torch.device | str = "cpu",
+        fields: dict[str, EffectiveField] | None = None,
     ):
         self.geometries = geometries
         self.method = method
+        self.fields = fields
         self.device = torch.device(device)
         self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self._sums: dict[str, _FilterSums] = {}
         self._boxes: BoxBatch | None = None
-        self._weights: dict[tuple[LayerGeometry, int, int], _UnitWeights] = {}
+        self._weights: dict[tuple[LayerGeometry | str, int, int], _UnitWeights] = {}
 
     def start_batch(self, boxes: Sequence[Tensor], image_hw: tuple[int, int]) -> None:
         """Set the boxes (one ``[k, 4]`` tensor per image, input pixels, half-open) of the next batch."""
@@ -238,11 +354,16 @@ class ResponseAccumulator:
     def _unit_weights(self, conv_name: str, feature_hw: tuple[int, int]) -> _UnitWeights:
         if self._boxes is None:
             raise RuntimeError("ResponseAccumulator.add called before start_batch")
-        key = (self.geometries[conv_name], *feature_hw)
+        key = (self.geometries[conv_name] if self.fields is None else conv_name, *feature_hw)
         if key not in self._weights:
-            foreground = batch_foreground_weights(key[0], feature_hw, self._boxes, self.method)
+            foreground = self._foreground(conv_name, feature_hw, self._boxes)
             self._weights[key] = _UnitWeights.from_foreground(foreground.flatten(1), self.dtype)
         return self._weights[key]
+
+    def _foreground(self, conv_name: str, feature_hw: tuple[int, int], boxes: BoxBatch) -> Tensor:
+        if self.fields is None:
+            return batch_foreground_weights(self.geometries[conv_name], feature_hw, boxes, self.method)
+        return effective_foreground_weights(self.fields[conv_name], feature_hw, boxes)
 
     def scores(self, score: str = "diff") -> dict[str, Tensor]:
         """Per conv name, the score of every output filter as a 1-D float32 CPU tensor."""
@@ -275,6 +396,8 @@ def _combine(sums: _FilterSums, score: str) -> Tensor:
         return foreground / (background + RATIO_EPSILON)
     if score == "fg":
         return foreground
+    if score == "contrast":
+        return (foreground - background) / (foreground + background + CONTRAST_EPSILON)
     raise UserError(f"unknown score '{score}'; expected one of {', '.join(SCORES)}")
 
 
@@ -289,6 +412,8 @@ def filter_scores(
     input_size: tuple[int, int] | None = None,
     amp: bool = False,
     progress: bool = True,
+    tap: str = "consumed",
+    field: str = "theoretical",
 ) -> dict[str, Tensor]:
     """Map-EX filter scores: per conv name, one float32 CPU score per output filter (SPEC).
 
@@ -298,21 +423,26 @@ def filter_scores(
     afterwards. Each batch's own ``H, W`` bounds the receptive-field clipping; ``input_size``
     (default: the first batch's) is passed to :func:`receptive_fields`. ``amp`` runs the forward
     under CUDA autocast and is ignored on other devices.
+
+    The SPEC's variants: ``tap`` (``consumed`` or ``nonneg``: which activation a conv is scored
+    on) and ``field`` (``theoretical`` or ``effective``, ``map-ex`` only: which receptive field
+    maps the boxes; the effective fields are measured on the first batch, at most
+    :data:`EFFECTIVE_FIELD_IMAGES` images). See :func:`check_variant` for the valid combinations.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown foreground method '{method}'; expected one of {', '.join(METHODS)}")
-    if score not in SCORES:
-        raise UserError(f"unknown score '{score}'; expected one of {', '.join(SCORES)}")
+    check_variant(method, score, tap, field)
     batch_iterator = iter(batches)
     first = next(batch_iterator, None)
     if first is None:
         raise UserError("filter_scores got no batches: the task sample is empty")
     device = _model_device(model)
     graph = trace_model(model)
-    geometries = receptive_fields(model, input_size or tuple(first[0].shape[-2:]), graph)
-    accumulator = ResponseAccumulator(geometries, method, device)
-    taps = activation_taps(model, graph)
-    with _eval_mode(model), torch.inference_mode(), tap_outputs(model, taps, accumulator.add_tapped), \
+    taps, geometries = _taps_and_geometries(model, graph, tap, input_size or tuple(first[0].shape[-2:]))
+    fields = None
+    if field == "effective":
+        with eval_mode(model):
+            fields = effective_fields(model, first[0][:EFFECTIVE_FIELD_IMAGES], taps, geometries)
+    accumulator = ResponseAccumulator(geometries, method, device, fields)
+    with eval_mode(model), torch.inference_mode(), tap_outputs(model, taps, accumulator.add_tapped), \
             _autocast(device, amp):
         for batch in tqdm(itertools.chain([first], batch_iterator), total=_length(batches),
                           desc=f"{method} scores", unit="batch", disable=None if progress else True):
@@ -320,6 +450,72 @@ def filter_scores(
             accumulator.start_batch(batch[-1], tuple(images.shape[-2:]))
             model(images)
     return accumulator.scores(score)
+
+
+def check_variant(method: str, score: str, tap: str = "consumed", field: str = "theoretical") -> None:
+    """A :class:`UserError` naming the value, unless the variant is one of the SPEC's.
+
+    ``contrast`` needs ``tap='nonneg'``: it is a contrast of non-negative responses and means
+    nothing (its denominator may vanish or change sign) for signed ones. ``field='effective'``
+    applies to ``map-ex`` only (``map`` uses no receptive field).
+    """
+    for what, value, valid in (("foreground method", method, METHODS), ("score", score, SCORES),
+                               ("tap", tap, TAPS), ("field", field, FIELDS)):
+        if value not in valid:
+            raise UserError(f"unknown {what} '{value}'; expected one of {', '.join(valid)}")
+    if score == "contrast" and tap != "nonneg":
+        raise UserError(f"score 'contrast' needs tap 'nonneg' (non-negative responses), got tap '{tap}'")
+    if field == "effective" and method != "map-ex":
+        raise UserError(f"field 'effective' applies to method 'map-ex' only, not to '{method}'")
+
+
+def _taps_and_geometries(
+    model: nn.Module, graph: fx.Graph, tap: str, input_size: tuple[int, int]
+) -> tuple[dict[str, Tap], dict[str, LayerGeometry]]:
+    """Per conv, its :class:`Tap` and the geometry of the tapped tensor.
+
+    For ``consumed`` that is the conv's own geometry (BN and activations keep it); a ``nonneg``
+    tap at a residual block's output has the merged geometry of the add (SPEC).
+    """
+    geometries = receptive_fields(model, input_size, graph)
+    tap_nodes = _tap_nodes(model, graph, tap)
+    if tap != "consumed":
+        of_node = node_geometries(model, graph)
+        geometries = {name: of_node[node] for name, (_tap, node) in tap_nodes.items()}
+    return {name: found for name, (found, _node) in tap_nodes.items()}, geometries
+
+
+def effective_fields(
+    model: nn.Module, images: Tensor, taps: dict[str, Tap], geometries: dict[str, LayerGeometry]
+) -> dict[str, EffectiveField]:
+    """Per conv, the effective receptive field (Luo et al. 2016) of its tapped activation (SPEC).
+
+    The sensitivity map is ``|∂ Σ_c A[c, y0, x0] / ∂ input|``, summed over the input's colour
+    channels and averaged over ``images``, for the centre unit ``(h // 2, w // 2)``: one backward
+    pass per distinct tapped tensor, the channels summed before it (as Luo et al. seed every
+    channel's centre gradient with 1). A map that is zero everywhere (every image's centre unit
+    dead) falls back to the unit's theoretical field, which gives the theoretical weights.
+    The model must be in eval mode; its parameters' ``.grad`` are left untouched.
+    """
+    images = images.detach().to(_model_device(model)).requires_grad_(True)
+    measured: dict[Tap, EffectiveField] = {}  # convs that share a tap (nonneg, one block's output) share it
+    with torch.enable_grad():
+        with kept_outputs(model, {name: tap.module for name, tap in taps.items()}) as outputs:
+            model(images)
+        for name, tap in taps.items():
+            if tap not in measured:
+                measured[tap] = _effective_field(tap.read(outputs[name]), images, geometries[name])
+    return {name: measured[tap] for name, tap in taps.items()}
+
+
+def _effective_field(activation: Tensor, images: Tensor, geometry: LayerGeometry) -> EffectiveField:
+    unit = (activation.shape[2] // 2, activation.shape[3] // 2)
+    (gradient,) = torch.autograd.grad(activation[:, :, unit[0], unit[1]].sum(), images,
+                                      retain_graph=True, allow_unused=True, materialize_grads=True)
+    sensitivity = gradient.abs().sum(1).mean(0)
+    if not bool(sensitivity.any()):
+        sensitivity = field_box_map(geometry, unit, tuple(images.shape[-2:])).to(sensitivity)
+    return EffectiveField.from_map(sensitivity, unit, geometry.jump)
 
 
 def rank_correlation(scores: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
@@ -363,7 +559,7 @@ def response_maps(
         if name in layers:
             maps[name] = activation.detach().float()
 
-    with _eval_mode(model), tap_activations(model, keep):
+    with eval_mode(model), tap_activations(model, keep):
         model(images.to(_model_device(model)))
     panels, titles = [], []
     for name in layers:
@@ -386,7 +582,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for a block, then the model's previous train/eval flag again."""
     was_training = model.training
     try:

@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mapex.identity import fingerprint, load_checked
+from mapex.identity import fingerprint, load_checked, same
 from mapex.io import UserError, save_torch, seed_everything
 
 SCHEDULES = ("onecycle", "cosine")
@@ -270,18 +270,38 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     if changed:
         raise UserError(f"{path} was written for other inputs ({changed}); {fix}")
     try:
+        state = _training_state(saved, model)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        best_state = {name: tensor.to("cpu") for name, tensor in saved["best_state"].items()}
-        return _TrainingState(best_state=best_state, best_epoch=int(saved["best_epoch"]), history=list(saved["history"]))
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
-        raise UserError(f"{path}: not a complete checkpoint of this model ({type(err).__name__}); {fix}") from err
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        detail = " ".join(str(err).split())[:120]
+        raise UserError(f"{path}: not a complete checkpoint of this model ({type(err).__name__}: {detail}); {fix}") from err
+    return state
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds")
+
+
+def _training_state(saved: dict[str, Any], model: nn.Module) -> _TrainingState:
+    """The history and best weights of a checkpoint, checked against each other and the model."""
+    history, best_epoch, best_state = saved["history"], saved["best_epoch"], saved["best_state"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) and set(HISTORY_KEYS) <= set(row)
+                                                for row in history):
+        raise ValueError("its history is not one row per epoch")
+    if not isinstance(best_epoch, int) or not (0 < best_epoch <= len(history) or best_epoch == len(history) == 0):
+        raise ValueError(f"best_epoch {best_epoch!r} is not an epoch of its history")
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    if not isinstance(best_state, dict) or not all(isinstance(tensor, Tensor) for tensor in best_state.values()) \
+            or {name: tensor.shape for name, tensor in best_state.items()} != shapes:
+        raise ValueError("its best weights are not weights of this model")
+    return _TrainingState(best_state={name: tensor.to("cpu") for name, tensor in best_state.items()},
+                          best_epoch=best_epoch, history=history)
 
 
 def _changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return ", ".join(f"{key}: {saved.get(key)!r} -> {value!r}"
-                     for key, value in current.items() if saved.get(key) != value)
+                     for key, value in current.items() if key not in saved or not same(saved[key], value))
 
 
 def _summary(row: dict[str, float], epochs: int) -> str:

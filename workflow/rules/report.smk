@@ -1,71 +1,42 @@
-rule samples_study:
-    """Pruning in multiple samples: score stability and accuracy against N per class."""
-    input:
-        data=DATA,
-        model=BASELINE,
-    output:
-        "results/samples_study.csv",
-    conda:
-        "../envs/mapex.yaml"
-    params:
-        file=PARAMS,
-        data=config["data"],
-        statistics=config["statistics"],
-        samples_study=config["samples_study"],
-    log:
-        "logs/samples_study.log",
-    benchmark:
-        "benchmarks/out/samples_study.tsv"
-    threads: workflow.cores
-    resources:
-        gpu=1,
-    shell:
-        "mapex --log {log} samples --params {params.file} --data {input.data} --model {input.model}"
-        " --out {output} --threads {threads}"
-
-
-rule response_maps:
-    """Foreground/background responses of the best- and worst-scored filters on a few task images."""
-    input:
-        data=DATA,
-        model=BASELINE,
-    output:
-        "work/response_maps.npz",
-    conda:
-        "../envs/mapex.yaml"
-    params:
-        file=PARAMS,
-        data=config["data"],
-        statistics=config["statistics"],
-        response_maps=config["response_maps"],
-    log:
-        "logs/response_maps.log",
-    threads: workflow.cores
-    shell:
-        "mapex --log {log} response-maps --params {params.file} --data {input.data} --model {input.model}"
-        " --out {output} --threads {threads}"
-
-
 rule report:
-    """Tables and figures from the evaluated runs alone: rerunning it retrains nothing."""
+    """Tables and figures from the result files alone: rerunning it retrains nothing."""
     input:
-        runs=expand("results/runs/{run}.json", run=run_ids(config)),
+        runs=run_files("results/runs", ".json"),
+        sanity=expand("results/sanity/{task}.csv", task=TASKS),
+        sensitivity=expand("results/sensitivity/{task}.csv", task=TASKS),
+        latency="results/latency.csv",
         samples="results/samples_study.csv",
         response_maps="work/response_maps.npz",
         history="results/baseline/history.csv",
     output:
-        "results/tables/summary.csv",
-        "results/tables/summary.md",
-        "results/tables/summary.json",
+        multiext("results/tables/summary", ".csv", ".md", ".json"),
+        multiext("results/tables/comparisons", ".csv", ".md"),
+        multiext("results/tables/sanity", ".csv", ".md"),
+        multiext("results/tables/latency", ".csv", ".md"),
         report(
             multiext("results/figures/accuracy_vs_ratio", ".png", ".pdf"),
             caption="../report/accuracy_vs_ratio.rst",
             category="Accuracy",
         ),
         report(
+            multiext("results/figures/paired_differences", ".png", ".pdf"),
+            caption="../report/paired_differences.rst",
+            category="Accuracy",
+        ),
+        report(
             multiext("results/figures/accuracy_vs_macs", ".png", ".pdf"),
             caption="../report/accuracy_vs_macs.rst",
             category="Accuracy",
+        ),
+        report(
+            multiext("results/figures/sanity_check", ".png", ".pdf"),
+            caption="../report/sanity_check.rst",
+            category="Sanity checks",
+        ),
+        report(
+            multiext("results/figures/layer_sensitivity", ".png", ".pdf"),
+            caption="../report/layer_sensitivity.rst",
+            category="Sanity checks",
         ),
         report(
             multiext("results/figures/filters_per_layer", ".png", ".pdf"),
@@ -93,9 +64,11 @@ rule report:
         file=PARAMS,
         prune=config["prune"],
         seeds=config["seeds"],
+        tasks=TASKS,
     log:
         "logs/report.log",
     threads: 1
     shell:
         "mapex --log {log} report --params {params.file} --runs results/runs --out results"
+        " --sanity results/sanity --sensitivity results/sensitivity --latency {input.latency}"
         " --samples {input.samples} --response-maps {input.response_maps} --history {input.history}"

@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image
 
 from mapex.data.formats import ProblemLog, ProblemPolicy, read_formatted, validate_index
 from mapex.data.tiny_imagenet import read_tiny_imagenet
 from mapex.data.types import BoxIndex
-from mapex.io import UserError
 
 Stats = dict[str, float | None]
 """``min``, ``mean``, ``max`` of a quantity (``None`` each when there is nothing to measure)."""
@@ -138,15 +137,3 @@ def _format_stats(stats: Stats, spec: str) -> str:
 
 def _format_counts(counts: dict[str, int]) -> str:
     return (" (" + ", ".join(f"{kind} {count}" for kind, count in counts.items()) + ")") if counts else ""
-
-
-def require_images(splits: Mapping[str, BoxIndex]) -> None:
-    """Stop before any training when a split (by name) has no image, naming it and its classes.
-
-    An empty test split would otherwise be found only after the whole baseline has trained.
-    """
-    for name, index in splits.items():
-        if not index.samples:
-            raise UserError(f"the {name} split has no image (classes: {', '.join(index.classes) or 'none'}); "
-                            "check data.max_per_class, data.max_test_per_class, data.task_classes and the "
-                            "dataset's split files")

@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Hashable, Iterable, Mapping
 
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -505,9 +505,9 @@ def _read_coco(root: Path, log: ProblemLog) -> RawDataset:
     try:
         content = json.loads(json_file.read_text())
         categories = {category["id"]: str(category["name"]) for category in content["categories"]}
-        file_names = {image["id"]: image["file_name"] for image in content["images"]}
-        annotations = list(content.get("annotations", []))
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        file_names = {image["id"]: _text_field(image["file_name"]) for image in content["images"]}
+        annotations = [_object(annotation) for annotation in content.get("annotations", [])]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         log.report("bad-annotation", json_file, f"not a COCO instances file ({type(err).__name__}: {err})")
         return RawDataset([])
     image_dir = root / "images" if (root / "images").is_dir() else json_file.parent
@@ -516,6 +516,18 @@ def _read_coco(root: Path, log: ProblemLog) -> RawDataset:
         RawImage(image_dir / name, boxes[image_id]) for image_id, name in file_names.items() if image_id not in broken
     ]
     return RawDataset(images, classes=list(dict.fromkeys(categories.values())))
+
+
+def _text_field(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _object(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return value
 
 
 def _coco_json(root: Path, log: ProblemLog) -> Path | None:
@@ -540,7 +552,7 @@ def _coco_boxes(
     broken: set[object] = set()
     for annotation in annotations:
         image_id, name = annotation.get("image_id"), f"annotation {annotation.get('id')}"
-        if image_id not in boxes:
+        if not isinstance(image_id, Hashable) or image_id not in boxes:
             log.report("bad-annotation", json_file, f"{name} refers to unknown image_id {image_id}")
             continue
         try:
@@ -550,7 +562,8 @@ def _coco_boxes(
             broken.add(image_id)
             continue
         category = annotation.get("category_id")
-        box = RawBox(categories.get(category), f"category_id {category}", (x, y, x + width, y + height))
+        label = categories.get(category) if isinstance(category, Hashable) else None
+        box = RawBox(label, f"category_id {category}", (x, y, x + width, y + height))
         boxes[image_id].append(box)
     return boxes, broken
 

@@ -1,0 +1,149 @@
+"""The steps of one run, shared by the CLI stages and the studies: task model, scores, pruning, fitting.
+
+Each function takes the validated params and the objects it works on; reading and writing files is
+the CLI's job. A *row* (:class:`mapex.pipeline.Row`) names the criterion, its options and the
+ranking scope, so every consumer builds the same criterion for the same row.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mapex.data.task import TaskData
+from mapex.data.types import BoxIndex
+from mapex.pipeline import Row
+
+log = logging.getLogger("mapex")
+CHECKPOINT_ROOT = Path("work/checkpoints")
+
+
+def input_size(params: dict[str, Any]) -> tuple[int, int]:
+    size = params["data"]["image_size"]
+    return (size, size)
+
+
+def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int, seed: int):
+    """The project's loader over ``index`` (augmented and shuffled if ``train``)."""
+    from mapex.data import make_loader
+
+    return make_loader(index, size=params["data"]["image_size"], train=train, batch_size=batch_size, seed=seed,
+                       num_workers=params["workers"], cache=True)
+
+
+def device(params: dict[str, Any]) -> torch.device:
+    from mapex.io import pick_device
+
+    chosen = pick_device(params["device"])
+    log.info("device: %s", chosen)
+    return chosen
+
+
+def task_model(model: nn.Module, task: TaskData) -> nn.Module:
+    """The baseline restricted to the task's classes (its logits are the baseline's task logits)."""
+    from mapex.models import restrict_classes
+
+    return restrict_classes(model, task.task_class_indices)
+
+
+def make_criterion(spec: Row, seed: int, scores: dict | None = None):
+    """The criterion of ``spec`` with its options; ``random`` draws from ``seed``."""
+    from mapex.criteria import get_criterion
+
+    kwargs: dict[str, Any] = {"scores": scores, **spec.options}
+    if spec.criterion == "random":
+        kwargs["seed"] = seed
+    return get_criterion(spec.criterion, **kwargs)
+
+
+def compute_scores(params: dict[str, Any], model: nn.Module, spec: Row, index: BoxIndex, seed: int,
+                   on: torch.device) -> dict[str, torch.Tensor]:
+    """Per-filter scores of ``spec``'s criterion over the images of ``index`` (data-free ones ignore them)."""
+    criterion = make_criterion(spec, seed)
+    batches = None
+    if criterion.needs_data:
+        batches = loader(params, index, False, params["statistics"]["batch_size"], seed)
+        model.to(on)
+    scores = criterion.compute(model, batches, input_size(params))
+    return {name: value.cpu() for name, value in scores.items()}
+
+
+def prune_task_model(params: dict[str, Any], model: nn.Module, spec: Row, scores: dict, ratio: float, seed: int):
+    """Physically prune ``model`` in place by ``spec``'s scores; returns Torch-Pruning's report."""
+    from mapex.prune import prune_model
+
+    criterion = make_criterion(spec, seed, scores=scores)
+    example = torch.zeros(1, 3, *input_size(params))
+    return prune_model(model.cpu(), criterion, ratio, example, global_pruning=spec.global_ranking,
+                       round_to=params["prune"].get("round_to"))
+
+
+def train_config(section: dict[str, Any], seed: int):
+    from mapex.train import TrainConfig
+
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "label_smoothing", "max_steps_per_epoch")
+    return TrainConfig(**{k: section[k] for k in keys}, seed=seed)
+
+
+def fit_model(params: dict[str, Any], model: nn.Module, section: dict[str, Any], seed: int, train_index: BoxIndex,
+              val_index: BoxIndex, checkpoint_dir: Path, on: torch.device, source: str | None = None,
+              restart: bool = False):
+    """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation.
+
+    A checkpoint in ``checkpoint_dir`` is resumed only if written for the same data settings and
+    ``source`` (a fingerprint of what ``model`` starts from); ``restart`` discards it instead.
+    """
+    from mapex.identity import data_fingerprint
+    from mapex.train import fit
+
+    config = train_config(section, seed)
+    train_loader = loader(params, train_index, True, config.batch_size, seed)
+    val_loader = loader(params, val_index, False, config.batch_size, seed)
+    return fit(model, train_loader, val_loader, config, checkpoint_dir, on,
+               identity={"data": data_fingerprint(params), "source": source}, restart=restart)
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """Resume state lives apart from the outputs, so neither Snakemake nor DVC deletes it before a rerun."""
+    return CHECKPOINT_ROOT / Path(out).with_suffix("").as_posix().replace("/", "__")
+
+
+def environment(on: torch.device) -> dict[str, Any]:
+    """What a number depends on besides the config and seed: CPU, library versions, threads, device.
+
+    Results are bit-identical only for the same values here (see README, "Reproducibility").
+    """
+    import hashlib
+
+    import torch_pruning
+    import torchvision
+
+    flags = _cpu_field("flags")
+    return {
+        "cpu": _cpu_field("model name") or platform.processor() or platform.machine(),
+        "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:12] if flags else None,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": str(on),
+        "cuda": torch.cuda.get_device_name(on) if on.type == "cuda" else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_pruning": getattr(torch_pruning, "__version__", "unknown"),
+    }
+
+
+def _cpu_field(key: str) -> str:
+    """A field of /proc/cpuinfo's first processor ('' where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return ""
+    for line in cpuinfo.read_text().splitlines():
+        if line.split(":", 1)[0].strip() == key:
+            return line.split(":", 1)[1].strip()
+    return ""

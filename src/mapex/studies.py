@@ -1,0 +1,186 @@
+"""The studies around the main comparison: sanity check, per-layer sensitivity, multiple samples, latency.
+
+Every accuracy a study uses to *choose* something (the Map-EX variant, the best baseline) is
+measured on the task's validation split, never on the test split.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from mapex import experiment
+from mapex.data.task import TaskData
+from mapex.pipeline import Row, row
+
+log = logging.getLogger("mapex")
+Scores = dict[str, torch.Tensor]
+
+
+class _Evaluator:
+    """Validation top-1 of pruned copies of one task model, with the loader built once."""
+
+    def __init__(self, params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device) -> None:
+        self.params, self.model, self.on = params, model.cpu(), on
+        self.val = experiment.loader(params, task.task_val, False, params["statistics"]["batch_size"], 0)
+
+    def accuracy(self, model: nn.Module) -> float:
+        from mapex.evaluate import accuracy
+
+        return accuracy(model.to(self.on), self.val, self.on, progress=False)["top1"]
+
+    def pruned(self, spec: Row, scores: Scores, ratio: float, seed: int,
+               keep: dict[str, int] | None = None) -> tuple[float, dict[str, int]]:
+        """Validation top-1 of the task model pruned by ``scores``, and its filters per conv."""
+        from mapex.prune import prune_model
+
+        pruned = copy.deepcopy(self.model)
+        criterion = experiment.make_criterion(spec, seed, scores=scores)
+        example = torch.zeros(1, 3, *experiment.input_size(self.params))
+        report = prune_model(pruned, criterion, ratio, example, global_pruning=spec.global_ranking,
+                             round_to=self.params["prune"].get("round_to"), keep=keep)
+        return self.accuracy(pruned), report.filters_after
+
+
+def negated(scores: Scores) -> Scores:
+    """Scores whose ranking is reversed: pruning by them keeps the bottom-scored filters."""
+    return {name: -value for name, value in scores.items()}
+
+
+def sanity_study(params: dict[str, Any], model: nn.Module, task: TaskData, task_name: str,
+                 scores: dict[str, Scores], on: torch.device) -> pd.DataFrame:
+    """Validation top-1 before fine-tuning: each row's top-scored filters kept, its bottom-scored
+    filters kept, and ``sanity.random_draws`` random prunings at the top case's shapes.
+
+    A criterion ranks filters only if top > random > bottom beyond the random draws' spread;
+    the report decides that. Random draws are shared by rows whose top case has the same shapes
+    (every local-ranking row at a ratio), so each is drawn once.
+    """
+    evaluator = _Evaluator(params, model, task, on)
+    seed = params["seeds"][0]
+    draws = params["sanity"]["random_draws"]
+    random_spec = Row("random", "random")
+    random_cache: dict[tuple, list[float]] = {}
+    records = []
+    for ratio in params["prune"]["ratios"]:
+        for name, row_scores in scores.items():
+            spec = row(params, name)
+            top, shapes = evaluator.pruned(spec, row_scores, ratio, seed)
+            bottom, _ = evaluator.pruned(spec, negated(row_scores), ratio, seed)
+            key = (ratio, tuple(sorted(shapes.items())))
+            if key not in random_cache:
+                random_cache[key] = [_random_accuracy(evaluator, random_spec, ratio, draw, shapes)
+                                     for draw in range(draws)]
+            cases = [("top", 0, top), ("bottom", 0, bottom)]
+            cases += [("random", draw, value) for draw, value in enumerate(random_cache[key])]
+            records += [{"task": task_name, "criterion": name, "ratio": ratio, "case": case, "draw": draw,
+                         "val_top1": value} for case, draw, value in cases]
+            log.info("sanity %s r=%s: top %.3f bottom %.3f random %s", name, ratio, top, bottom,
+                     [round(v, 3) for v in random_cache[key]])
+    return pd.DataFrame.from_records(records)
+
+
+def _random_accuracy(evaluator: _Evaluator, spec: Row, ratio: float, draw: int, shapes: dict[str, int]) -> float:
+    criterion = experiment.make_criterion(spec, draw)
+    scores = criterion.compute(evaluator.model)
+    return evaluator.pruned(spec, scores, ratio, draw, keep=shapes)[0]
+
+
+def sensitivity_study(params: dict[str, Any], model: nn.Module, task: TaskData, task_name: str,
+                      scores: dict[str, Scores], on: torch.device) -> pd.DataFrame:
+    """Per prunable group and row: validation top-1 after removing ``sensitivity.fraction`` of that
+    group's channels alone (by the row's scores), and the drop from the unpruned task model."""
+    from mapex.prune import kept_count, prunable_groups
+
+    evaluator = _Evaluator(params, model, task, on)
+    fraction = params["sensitivity"]["fraction"]
+    seed = params["seeds"][0]
+    reference = evaluator.accuracy(copy.deepcopy(evaluator.model))
+    channels = {name: m.out_channels for name, m in evaluator.model.named_modules() if isinstance(m, nn.Conv2d)}
+    example = torch.zeros(1, 3, *experiment.input_size(params))
+    records = []
+    for group in prunable_groups(copy.deepcopy(evaluator.model), example):
+        keep = {name: kept_count(channels[name], fraction) for name in group}
+        for name, row_scores in scores.items():
+            top1, _ = evaluator.pruned(row(params, name), row_scores, fraction, seed, keep=keep)
+            records.append({"task": task_name, "criterion": name, "layer": group[0], "convs": len(group),
+                            "channels": channels[group[0]], "val_top1": top1, "drop": reference - top1})
+        log.info("sensitivity %s: %s", group[0], {r["criterion"]: round(r["drop"], 3) for r in records[-len(scores):]})
+    return pd.DataFrame.from_records(records)
+
+
+def samples_study(params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device,
+                  checkpoints: Path) -> pd.DataFrame:
+    """Pruning in multiple samples: scores from N images per class against scores from all of them
+    (Spearman), and test top-1 of the model pruned with them, before and after the usual fine-tuning."""
+    from mapex.data import balanced_subset
+    from mapex.evaluate import accuracy
+    from mapex.statistics import rank_correlation
+
+    study = params["samples_study"]
+    spec = row(params, study["criterion"])
+    test_loader = experiment.loader(params, task.task_test, False, params["statistics"]["batch_size"], 0)
+    reference = experiment.compute_scores(params, model, spec, task.task_train, 0, on)
+    records = []
+    for seed in study["seeds"]:
+        for n in study["n_per_class"]:
+            subset = balanced_subset(task.task_train, n, seed)
+            scores = experiment.compute_scores(params, model, spec, subset, seed, on)
+            pruned = copy.deepcopy(model).cpu()
+            experiment.prune_task_model(params, pruned, spec, scores, study["ratio"], seed)
+            before = accuracy(pruned.to(on), test_loader, on)["top1"]
+            experiment.fit_model(params, pruned, params["finetune"], seed, task.task_train, task.task_val,
+                                 checkpoints / f"n{n}_s{seed}", on)
+            records.append({"criterion": study["criterion"], "n_per_class": n, "seed": seed,
+                            "spearman": rank_correlation(scores, reference), "top1_before_finetune": before,
+                            "top1": accuracy(pruned, test_loader, on)["top1"]})
+            log.info("samples study: N=%d seed=%d -> %s", n, seed, records[-1])
+    return pd.DataFrame.from_records(records)
+
+
+def shape_key(filters_after: dict[str, int]) -> str:
+    """A short id of a pruned architecture: equal for models whose every conv keeps the same count."""
+    import hashlib
+
+    text = ",".join(f"{name}={count}" for name, count in sorted(filters_after.items()))
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def latency_by_shape(params: dict[str, Any], runs: Iterable[dict[str, Any]], load_model: Callable[[str], nn.Module],
+                     reference: nn.Module) -> pd.DataFrame:
+    """CPU latency of each distinct pruned architecture, once, interleaved with the unpruned model.
+
+    ``runs`` are evaluation records (with ``run``, ``criterion``, ``ratio``, ``filters_after``,
+    ``macs``, ``params``); ``load_model(run)`` loads that run's model. Models of identical shapes
+    have identical latency, so each shape is timed once: per repetition, one forward pass of the
+    unpruned model, then one of the pruned model, alternating, and the median of each
+    (``evaluate.latency_reps`` repetitions after warm-up). The speedup is their ratio in one process.
+    """
+    from mapex.evaluate import count_macs, interleaved_latency
+
+    shapes: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["criterion"] != "none":
+            shapes.setdefault((run["ratio"], shape_key(run["filters_after"])), []).append(run)
+    size = experiment.input_size(params)
+    reference_macs = count_macs(reference, size)
+    records = []
+    for (ratio, key), members in sorted(shapes.items()):
+        model = load_model(members[0]["run"])
+        record: dict[str, Any] = {
+            "ratio": ratio, "shape": key, "rows": ";".join(sorted({m["criterion"] for m in members})),
+            "runs": len(members), "macs": members[0]["macs"], "params": members[0]["params"],
+            "mac_reduction": reference_macs / members[0]["macs"],
+        }
+        for batch in params["evaluate"]["latency_batches"]:
+            unpruned, pruned = interleaved_latency(reference, model, batch, size, params["evaluate"]["latency_reps"])
+            record.update({f"latency_ms_cpu_b{batch}": pruned, f"latency_ms_cpu_b{batch}_unpruned": unpruned,
+                           f"speedup_cpu_b{batch}": unpruned / pruned})
+        records.append(record)
+        log.info("latency %s", record)
+    return pd.DataFrame.from_records(records)

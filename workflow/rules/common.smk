@@ -1,0 +1,54 @@
+# Setup shared by every rule: the params file, its validation, the paths and the run list.
+import json
+import os
+
+from snakemake.utils import validate
+
+from mapex.config import load_params
+from mapex.pipeline import UNPRUNED, row, run_ids, task_names
+
+
+configfile: "params.yaml"
+
+
+# The CLI reads the params file itself, so every rule passes it the file given with --configfile
+# (else params.yaml), and `config` is exactly that file, not a merge of the two.
+PARAMS = os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
+config.clear()
+# Validated (one line naming a bad key), with keys sorted so that Snakemake's params trigger
+# reacts to changed values, not to the order of keys in the file.
+config.update(json.loads(json.dumps(load_params(PARAMS), sort_keys=True)))
+validate(config, "../schemas/params.schema.yaml")
+
+DATA = f"work/data/{config['data']['name']}"
+BASELINE = "work/baseline/model.pt"
+TASKS = task_names(config)
+FIRST_SEED = config["seeds"][0]
+
+
+def scores_of(wildcards):
+    """A run's scores file; the unpruned reference has none."""
+    if wildcards.criterion == UNPRUNED:
+        return []
+    return f"work/scores/{wildcards.task}/{wildcards.criterion}/s{wildcards.seed}.pt"
+
+
+def row_params(wildcards):
+    """What a row's jobs depend on (criterion, options, ranking), so editing another row reruns nothing here."""
+    spec = row(config, wildcards.criterion)
+    return {"criterion": spec.criterion, "options": spec.options, "global": spec.global_ranking}
+
+
+def scores_option(wildcards, input):
+    return f"--scores {input.scores}" if input.scores else ""
+
+
+def run_files(folder, suffix):
+    return [f"{folder}/{run}{suffix}" for run in run_ids(config)]
+
+
+wildcard_constraints:
+    task="[a-z0-9][a-z0-9-]*",
+    criterion="[a-z0-9][a-z0-9-]*",
+    ratio="[0-9.]+",
+    seed="[0-9]+",
