@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision import tv_tensors
-from torchvision.io import write_jpeg
-from torchvision.transforms import v2
+from torchvision.io import write_jpeg, write_png
 
 from conftest import ARCHIVE, ARCHIVE_SHA256
 from mapex.data import (
@@ -24,7 +22,6 @@ from mapex.data import (
     BoxIndex,
     BoxSample,
     balanced_subset,
-    collate_boxes,
     eval_transform,
     fetch,
     make_loader,
@@ -35,7 +32,7 @@ from mapex.data import (
     train_transform,
 )
 from mapex.data.fetch import MARKER
-from mapex.data.transforms import IMAGENET_MEAN, IMAGENET_STD, KeepVisibleBoxes
+from mapex.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, fit_to_size, keep_visible_boxes
 from mapex.io import UserError
 
 # ---------------------------------------------------------------- fetch
@@ -351,13 +348,18 @@ def test_balanced_subset_is_balanced_seeded_and_nested() -> None:
 # ---------------------------------------------------------------- transforms
 
 
-def drawn(height: int, width: int, box: tuple[int, int, int, int]) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
-    """A black image with a white rectangle over the half-open ``box``, and that box."""
+def drawn(height: int, width: int, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A black uint8 ``[3,H,W]`` image with a white rectangle over the half-open ``box``, and that box ``[1,4]``."""
     x0, y0, x1, y1 = box
     image = torch.zeros(3, height, width, dtype=torch.uint8)
     image[:, y0:y1, x0:x1] = 255
-    boxes = tv_tensors.BoundingBoxes([list(box)], format="XYXY", canvas_size=(height, width), dtype=torch.float32)
-    return tv_tensors.Image(image), boxes
+    return image, torch.tensor([box], dtype=torch.float32)
+
+
+def drawn_batch(size: int, boxes: list[tuple[int, int, int, int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`drawn` images stacked channels-last, as the dataset hands them to a transform."""
+    images, box_list = zip(*(drawn(size, size, box) for box in boxes))
+    return torch.stack(images).contiguous(memory_format=torch.channels_last), list(box_list)
 
 
 def white_pixels(normalised: torch.Tensor) -> torch.Tensor:
@@ -374,57 +376,89 @@ def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return mask
 
 
-def test_horizontal_flip_maps_half_open_box_to_mirror() -> None:
-    image, boxes = drawn(20, 30, (3, 4, 10, 15))
-    flipped, flipped_boxes = v2.RandomHorizontalFlip(p=1.0)(image, boxes)
-    assert flipped_boxes.tolist() == [[30 - 10, 4, 30 - 3, 15]]
-    assert torch.equal(flipped[0] > 127, box_mask(flipped_boxes[0], 20, 30))
+def assert_boxes_on_drawn_pixels(images: torch.Tensor, boxes: list[torch.Tensor]) -> None:
+    for k, (image, image_boxes) in enumerate(zip(images, boxes)):
+        assert len(image_boxes) == 1, k
+        assert torch.equal(white_pixels(image), box_mask(image_boxes[0], *image.shape[-2:])), k
 
 
-def test_eval_resize_doubles_boxes_onto_the_drawn_pixels() -> None:
-    image, boxes = drawn(16, 16, (3, 5, 9, 16))
-    out, out_boxes = eval_transform(32)(image, boxes)
-    assert out.shape == (3, 32, 32) and out_boxes.tolist() == [[6, 10, 18, 32]]
-    assert torch.equal(white_pixels(out), box_mask(out_boxes[0], 32, 32))
+def test_fit_to_size_doubles_boxes_onto_the_drawn_pixels() -> None:
+    out, out_boxes = fit_to_size(*drawn(16, 16, (3, 5, 9, 16)), 32)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8 and out_boxes.tolist() == [[6, 10, 18, 32]]
+    assert torch.equal(out[0] > 127, box_mask(out_boxes[0], 32, 32))
 
 
-def test_eval_transform_at_native_size_only_normalises() -> None:
-    image, boxes = drawn(16, 16, (3, 5, 9, 16))
-    out, out_boxes = eval_transform(16)(image, boxes)
-    expected = (image.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    assert torch.allclose(out, expected, atol=1e-6) and torch.equal(out_boxes, boxes)
+def test_fit_to_size_squashes_and_clamps() -> None:
+    image, _ = drawn(20, 40, (0, 0, 1, 1))
+    out, out_boxes = fit_to_size(image, torch.tensor([[10.0, 5.0, 30.0, 15.0], [-4.0, 2.5, 50.0, 25.0]]), 32)
+    assert out.shape == (3, 32, 32) and out_boxes.tolist() == [[8, 8, 24, 24], [0, 4, 32, 32]]
 
 
-@pytest.mark.parametrize("box", [(20, 12, 41, 30), (0, 0, 7, 64), (58, 50, 64, 64)])
-def test_train_transform_boxes_cover_exactly_the_visible_drawn_pixels(box) -> None:
+def test_eval_transform_only_normalises() -> None:
+    images, boxes = drawn_batch(16, [(3, 5, 9, 16), (0, 0, 16, 4)])
+    out, out_boxes = eval_transform(16)(images, boxes, seed=1)
+    expected = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-6) and all(map(torch.equal, out_boxes, boxes))
+
+
+TRAIN_BOXES = [(20, 12, 41, 30), (0, 0, 7, 64), (58, 50, 64, 64), (0, 0, 64, 64)]
+
+
+def test_train_transform_boxes_cover_exactly_the_visible_drawn_pixels() -> None:
     transform = train_transform(64)
+    seen = set()
     for seed in range(25):
-        torch.manual_seed(seed)
-        out, out_boxes = transform(*drawn(64, 64, box))
-        assert out.shape == (3, 64, 64) and out.dtype == torch.float32 and len(out_boxes) == 1
-        assert torch.equal(white_pixels(out), box_mask(out_boxes[0], 64, 64)), f"seed {seed}"
+        out, out_boxes = transform(*drawn_batch(64, TRAIN_BOXES), seed=seed)
+        assert out.shape == (4, 3, 64, 64) and out.dtype == torch.float32
+        assert out.is_contiguous(memory_format=torch.channels_last)  # the CPU models' format: no copy
+        assert_boxes_on_drawn_pixels(out, out_boxes)
+        seen.update(tuple(boxes[0].tolist()) for boxes in out_boxes[:1])
+    assert len(seen) > 10  # crops and flips do vary
+
+
+def test_train_transform_flips_half_the_images_onto_their_mirror() -> None:
+    transform = BatchTransform(16, padding=0, flip=True)
+    images, boxes = drawn_batch(16, [(3, 4, 10, 15)] * 64)
+    out, out_boxes = transform(images, boxes, seed=0)
+    flipped = [b.tolist() == [[16 - 10, 4, 16 - 3, 15]] for b in out_boxes]
+    assert all(b.tolist() == [[3, 4, 10, 15]] for b, flip in zip(out_boxes, flipped) if not flip)
+    assert 16 < sum(flipped) < 48
+    assert_boxes_on_drawn_pixels(out, out_boxes)
+
+
+def test_train_transform_depends_on_the_seed_only() -> None:
+    transform = train_transform(64)
+    rng_before = torch.get_rng_state()
+    first = transform(*drawn_batch(64, TRAIN_BOXES), seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    torch.manual_seed(99)
+    again = transform(*drawn_batch(64, TRAIN_BOXES), seed=3)
+    other = transform(*drawn_batch(64, TRAIN_BOXES), seed=4)
+    assert torch.equal(first[0], again[0]) and all(map(torch.equal, first[1], again[1]))
+    assert not torch.equal(first[0], other[0])
 
 
 def test_keep_visible_boxes_drops_emptied_boxes_but_never_all() -> None:
-    canvas = (10, 10)
-    some = tv_tensors.BoundingBoxes([[-5, 2, -1, 6], [8, 8, 14, 12]], format="XYXY", canvas_size=canvas, dtype=torch.float32)
-    assert KeepVisibleBoxes()(some).tolist() == [[8, 8, 10, 10]]
-    none = tv_tensors.BoundingBoxes([[-5, 2, -1, 6]], format="XYXY", canvas_size=canvas, dtype=torch.float32)
-    assert KeepVisibleBoxes()(none).tolist() == [[0, 2, 0, 6]]  # zero area: no foreground in view
+    boxes = torch.tensor([[-5, 2, -1, 6], [8, 8, 14, 12], [-5, 2, -1, 6]], dtype=torch.float32)
+    kept = keep_visible_boxes(boxes, owners=torch.tensor([0, 0, 1]), images=2, height=10, width=10)
+    assert kept[0].tolist() == [[8, 8, 10, 10]]
+    assert kept[1].tolist() == [[0, 2, 0, 6]]  # zero area: no foreground in view
 
 
 # ---------------------------------------------------------------- dataset and loader
 
 
-def test_box_dataset_items_are_rgb_float_with_boxes(tiny_layout: Path) -> None:
+def test_box_dataset_batches_are_rgb_float_with_boxes(tiny_layout: Path) -> None:
     index = read_tiny_imagenet(tiny_layout, "train")
     dataset = BoxDataset(index, eval_transform(64))
-    image, label, boxes = dataset[0]  # the grayscale JPEG
-    assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and type(image) is torch.Tensor
-    assert label == 0 and boxes.tolist() == [[0.0, 2.0, 42.0, 62.0]] and type(boxes) is torch.Tensor
-    cached = BoxDataset(index, eval_transform(64), cache=True)
-    for position in range(len(index)):
-        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(dataset[position], cached[position]))
+    images, labels, boxes = dataset[([0, 1], 0)]  # the first is a grayscale JPEG
+    assert images.shape == (2, 3, 64, 64) and images.dtype == torch.float32 and type(images) is torch.Tensor
+    assert labels.tolist() == [0, 0] and labels.dtype == torch.long
+    assert boxes[0].tolist() == [[0.0, 2.0, 42.0, 62.0]] and type(boxes[0]) is torch.Tensor
+    cached = BoxDataset(index, train_transform(64), cache=True)
+    uncached = BoxDataset(index, train_transform(64))
+    everything = (list(range(len(index))), 5)
+    assert same_batches([cached[everything]], [uncached[everything]])
 
 
 def test_box_dataset_names_an_undecodable_image(tiny_layout: Path) -> None:
@@ -432,12 +466,6 @@ def test_box_dataset_names_an_undecodable_image(tiny_layout: Path) -> None:
     index.samples[1].image.write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="val_1.JPEG: cannot decode image"):
         BoxDataset(index, eval_transform(32), cache=True)
-
-
-def test_collate_boxes_keeps_per_image_box_lists() -> None:
-    batch = [(torch.zeros(3, 4, 4), 1, torch.ones(1, 4)), (torch.ones(3, 4, 4), 0, torch.ones(2, 4))]
-    images, labels, boxes = collate_boxes(batch)
-    assert images.shape == (2, 3, 4, 4) and labels.tolist() == [1, 0] and [len(b) for b in boxes] == [1, 2]
 
 
 def epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]:
@@ -481,5 +509,23 @@ def test_loader_same_seed_same_batches_any_workers(noisy_index: BoxIndex) -> Non
 def test_eval_loader_keeps_index_order_and_drop_last(noisy_index: BoxIndex) -> None:
     loader = make_loader(noisy_index, 24, train=False, batch_size=5, seed=0, drop_last=True)
     batches = epoch(loader)
-    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 0, 1], [2, 0, 1, 2, 0]]
+    assert len(loader) == 2 and [b[1].tolist() for b in batches] == [[0, 1, 2, 0, 1], [2, 0, 1, 2, 0]]
     assert batches[0][2][3].tolist() == [[3.0, 2.0, 13.0, 20.0]]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_loader_resizes_images_of_any_size_and_boxes_stay_on_their_pixels(tmp_path: Path, train: bool) -> None:
+    """PNGs (lossless) of three sizes, squashed to 24x24 at decode; every box still frames its white pixels."""
+    drawings = {(24, 24): (2, 3, 10, 20), (24, 48): (8, 4, 40, 20), (12, 12): (2, 2, 8, 10)}
+    samples = []
+    for k, ((height, width), box) in enumerate(drawings.items()):
+        path = tmp_path / f"img{k}.png"
+        write_png(drawn(height, width, box)[0], str(path))
+        samples.append(BoxSample(path, k, (box,)))
+    loader = make_loader(BoxIndex(["a", "b", "c"], samples), 24, train=train, batch_size=3, seed=0, cache=True)
+    for _ in range(5 if train else 1):
+        (images, labels, boxes), = epoch(loader)
+        assert images.shape == (3, 3, 24, 24)
+        assert_boxes_on_drawn_pixels(images, boxes)
+    if not train:
+        assert [b.tolist() for b in boxes] == [[[2, 3, 10, 20]], [[4, 4, 20, 20]], [[4, 4, 16, 20]]]

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import write_png
 
+from mapex.data import BoxIndex, BoxSample, make_loader
 from mapex.io import UserError, load_torch
 from mapex.train import FitResult, TrainConfig, fit
 
@@ -172,3 +174,47 @@ def test_unknown_schedule_is_a_user_error():
 def test_cosine_schedule_ends_near_zero(tmp_path):
     result = _fit(tmp_path, schedule="cosine", epochs=2)
     assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+class KilledAt(nn.Module):
+    """Passes ``inner``'s logits through, but raises ``KeyboardInterrupt`` at training forward number ``call``."""
+
+    def __init__(self, inner: nn.Module, call: int) -> None:
+        super().__init__()
+        self.inner, self.call, self.calls = inner, call, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.call:
+                raise KeyboardInterrupt("killed")
+        return self.inner(x)
+
+
+def _noise_index(folder) -> BoxIndex:
+    """24 noise PNGs of 16x16 (every crop and flip changes the input), CLASSES classes, one box each."""
+    generator = torch.Generator().manual_seed(5)
+    samples = []
+    for k in range(24):
+        path = folder / f"img{k}.png"
+        write_png(torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=generator), str(path))
+        samples.append(BoxSample(path, k % CLASSES, ((2.0, 2.0, 12.0, 12.0),)))
+    return BoxIndex([str(c) for c in range(CLASSES)], samples)
+
+
+def test_resume_is_exact_with_the_projects_augmenting_loader(tmp_path):
+    index = _noise_index(tmp_path)
+
+    def fit_on(checkpoint_dir, model):
+        train = make_loader(index, 16, train=True, batch_size=8, seed=7, cache=True)
+        val = make_loader(index, 16, train=False, batch_size=8, seed=7, cache=True)
+        return fit(model, train, val, _config(batch_size=8), checkpoint_dir, CPU, progress=False)
+
+    uninterrupted = fit_on(tmp_path / "whole", KilledAt(_model(), call=-1))
+    with pytest.raises(KeyboardInterrupt):
+        fit_on(tmp_path / "resumed", KilledAt(_model(), call=3 + 2))  # 3 steps an epoch: killed in epoch 2
+    resumed = fit_on(tmp_path / "resumed", KilledAt(_model(init_seed=99), call=-1))
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+    _assert_same_weights(resumed.best_state, uninterrupted.best_state)
+    assert torch.equal(load_torch(tmp_path / "resumed" / "last.pt")["model"]["inner.6.weight"],
+                       load_torch(tmp_path / "whole" / "last.pt")["model"]["inner.6.weight"])

@@ -240,6 +240,21 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
     _study(args, "sensitivity", sensitivity_study)
 
 
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    """Per conv layer: whole-image receptive fields, constant Map-EX weights, score spread per variant."""
+    from mapex import experiment
+    from mapex.data import balanced_subset
+    from mapex.diagnostics import diagnose
+
+    params = _params(args)
+    _, task = _task(params, args)
+    model = _task_model(task, args.model).to(experiment.device(params))
+    seed = params["seeds"][0]
+    samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
+    batches = experiment.loader(params, samples, False, params["statistics"]["batch_size"], seed)
+    _write_csv(args.out, diagnose(model, batches, experiment.input_size(params)).reset_index())
+
+
 def cmd_samples(args: argparse.Namespace) -> None:
     """Pruning in multiple samples (on the first task)."""
     import shutil
@@ -396,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "sanity", cmd_sanity, "Sanity check: top- vs bottom-scored vs random filters kept, before fine-tuning.",
          PARAMS, DATA, MODEL, OUT, THREADS, TASK)
     _add(sub, "sensitivity", cmd_sensitivity, "Per-layer sensitivity: one group pruned at a time, per criterion.",
+         PARAMS, DATA, MODEL, OUT, THREADS, TASK)
+    _add(sub, "diagnose", cmd_diagnose, "Why Map-EX may rank by noise: per-layer field coverage and score spread.",
          PARAMS, DATA, MODEL, OUT, THREADS, TASK)
     _add(sub, "samples", cmd_samples, "Pruning in multiple samples: score rank correlation and accuracy against N.",
          PARAMS, DATA, MODEL, OUT, THREADS)

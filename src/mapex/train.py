@@ -7,7 +7,7 @@ start of each epoch from ``(seed, epoch)`` alone:
 
 - the global RNGs (torch, Python, NumPy), which dropout and in-process augmentation draw from;
 - the train loader: ``loader.sampler.set_epoch(epoch)`` where the sampler has it (``mapex.data``'s
-  seeded sampler, whose order and per-sample augmentation seeds depend on ``(seed, epoch)``), and
+  seeded sampler, whose batches and per-batch augmentation seeds depend on ``(seed, epoch)``), and
   ``loader.generator`` (which a plain shuffling loader and worker seeds draw from) where present.
 
 So on the CPU, a run killed after any epoch and resumed ends with the same weights and metrics,
@@ -123,8 +123,7 @@ def fit(
     identity = {**dataclasses.asdict(config), "architecture": _shapes_fingerprint(model), **(identity or {})}
     model.to(device, memory_format=_memory_format(device))
     steps = _steps_per_epoch(train_loader, config)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=True, weight_decay=config.weight_decay)
+    optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, config.epochs * steps)
     state = _TrainingState(best_state=_cpu_copy(model.state_dict()), best_epoch=0, history=[])
     if checkpoint.is_file():
@@ -155,6 +154,11 @@ def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
     if steps < 1:
         raise UserError("the training loader yields no batch")
     return steps
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=True, weight_decay=config.weight_decay)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
@@ -198,7 +202,7 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
         loss_sum += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{correct / seen:.3f}")
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{correct / seen:.3f}", refresh=False)
     return loss_sum / seen, correct / seen
 
 

@@ -134,3 +134,28 @@ rule response_maps:
     shell:
         "mapex --log {log} response-maps --params {params.file} --data {input.data} --model {input.model}"
         " --out {output} --threads {threads}"
+
+
+rule diagnose:
+    """Per conv layer of the first task's model: whole-image receptive fields, constant Map-EX weights,
+    and the spread of each variant's scores (why Map-EX may rank filters by noise)."""
+    input:
+        data=DATA,
+        model=BASELINE,
+    output:
+        "results/diagnosis.csv",
+    conda:
+        "../envs/mapex.yaml"
+    params:
+        file=PARAMS,
+        data=config["data"],
+        statistics=config["statistics"],
+        seeds=config["seeds"],
+    log:
+        "logs/diagnose.log",
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "mapex --log {log} diagnose --params {params.file} --data {input.data} --model {input.model}"
+        " --out {output} --threads {threads}"

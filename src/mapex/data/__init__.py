@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mapex.data.dataset import BoxDataset, collate_boxes, make_loader
+from mapex.data.dataset import BoxDataset, make_loader
 from mapex.data.fetch import fetch
 from mapex.data.splits import balanced_subset, select_classes, stratified_split
 from mapex.data.tiny_imagenet import read_tiny_imagenet
@@ -31,7 +31,6 @@ __all__ = [
     "BoxIndex",
     "BoxSample",
     "balanced_subset",
-    "collate_boxes",
     "eval_transform",
     "fetch",
     "make_loader",
