@@ -46,6 +46,7 @@ class Pipeline:
             "run": ["run", *model, "--scores", self.scores, "--criterion", "l1", "--ratio", "0.5", "--seed", "0",
                     "--out", "t2.pt", "--history", "h2.csv", "--metrics", "run.json"],
             "sanity": ["sanity", *model, "--out", "sanity.csv"],
+            "diagnose": ["diagnose", *model, "--out", "diagnosis.csv"],
             "sensitivity": ["sensitivity", *model, "--out", "sensitivity.csv"],
             "samples": ["samples", *model, "--out", "study.csv"],
             "response-maps": ["response-maps", *model, "--out", "maps.npz"],

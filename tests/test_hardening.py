@@ -64,6 +64,7 @@ def _where_read(pipeline: Pipeline) -> list[tuple[str, str, str | Path]]:
     return [
         ("scores", "--model", "x.pt"), ("run", "--model", "x.pt"), ("run", "--scores", "x.pt"),
         ("sanity", "--model", "x.pt"), ("sensitivity", "--model", "x.pt"), ("samples", "--model", "x.pt"),
+        ("diagnose", "--model", "x.pt"),
         ("response-maps", "--model", "x.pt"), ("latency", "--model", "x.pt"),
         ("latency", "models", pipeline.tuned),
         ("train", "checkpoint", pipeline.checkpoint_of("base2.pt")),
@@ -92,7 +93,7 @@ def test_a_crafted_pickle_runs_nowhere(run: Pipeline, writer: str, capsys) -> No
         target.unlink()
         if kept is not None:
             target.write_bytes(kept)
-    assert len(cases) == 12
+    assert len(cases) == 13
 
 
 def test_an_old_whole_module_file_says_how_to_regenerate_it(run: Pipeline, capsys) -> None:

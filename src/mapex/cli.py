@@ -248,7 +248,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
     params = _params(args)
     _, task = _task(params, args)
-    model = _task_model(task, args.model).to(experiment.device(params))
+    model = _task_model(params, task, args.model).to(experiment.device(params))
     seed = params["seeds"][0]
     samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
     batches = experiment.loader(params, samples, False, params["statistics"]["batch_size"], seed)
