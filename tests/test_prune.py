@@ -163,9 +163,15 @@ def test_pruned_mobilenet_runs_at_half_width() -> None:
 # --------------------------------------------------------------------------- options
 
 
-def test_global_ranking_prunes_the_low_scored_layer_first() -> None:
+def _uneven_scores(scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """conv1's filters all alike; half of conv2's far below its mean and half far above it."""
+    conv2 = torch.cat([torch.full((8,), 0.1), 1.9 + 0.01 * torch.arange(8.0)])[torch.randperm(16)]
+    return {"stem": torch.rand(8), "conv1": scale * (1 + 0.01 * torch.rand(16)), "conv2": conv2}
+
+
+def test_global_ranking_prunes_the_layer_whose_filters_stand_out_least() -> None:
     local_model, global_model = build("plain"), build("plain")
-    scores = {"stem": torch.rand(8), "conv1": 10 + torch.rand(16), "conv2": torch.rand(16)}
+    scores = _uneven_scores()
     prune_model(local_model, get_criterion("l1", scores=scores), 0.25, INPUT)
     report = prune_model(global_model, get_criterion("l1", scores=scores), 0.25, INPUT, global_pruning=True)
     assert (local_model.conv1.out_channels, local_model.conv2.out_channels) == (12, 12)
@@ -173,12 +179,23 @@ def test_global_ranking_prunes_the_low_scored_layer_first() -> None:
     assert report.kept["conv2"] == top_k(scores["conv2"], 8) and report.global_pruning
 
 
+def test_global_ranking_compares_layers_after_dividing_by_their_mean_magnitude() -> None:
+    """A layer's scale alone (an L1 norm grows with fan-in) does not decide what it keeps."""
+    torch.manual_seed(0)
+    small, large = build("plain"), build("plain")
+    scores = _uneven_scores()
+    scaled = {**scores, "conv1": 1000 * scores["conv1"]}
+    prune_model(small, get_criterion("l1", scores=scores), 0.25, INPUT, global_pruning=True)
+    prune_model(large, get_criterion("l1", scores=scaled), 0.25, INPUT, global_pruning=True)
+    assert (small.conv1.out_channels, small.conv2.out_channels) == (large.conv1.out_channels, large.conv2.out_channels)
+
+
 def test_global_ranking_leaves_every_layer_its_best_filter() -> None:
     model = build("plain")
-    scores = {"stem": torch.rand(8), "conv1": 10 + torch.rand(16), "conv2": torch.rand(16)}
-    report = prune_model(model, get_criterion("l1", scores=scores), 0.6, INPUT, global_pruning=True)
-    assert (model.conv1.out_channels, model.conv2.out_channels) == (13, 1)
-    assert report.kept["conv2"] == [int(scores["conv2"].argmax())]
+    scores = {"stem": torch.rand(8), "conv1": 1 + 0.01 * torch.rand(16), "conv2": torch.rand(16) ** 8}
+    report = prune_model(model, get_criterion("l1", scores=scores), 0.95, INPUT, global_pruning=True)
+    assert model.conv1.out_channels >= 1 and model.conv2.out_channels >= 1
+    assert int(scores["conv2"].argmax()) in report.kept["conv2"]
     assert model(INPUT).shape == (2, NUM_CLASSES)
 
 
