@@ -9,6 +9,7 @@ from mapex.cli import main
 from mapex.data.task import load_task_data
 from mapex.config import load_params
 from mapex.io import UserError
+from mapex.prune import load_pruned
 
 from conftest import REPO
 
@@ -224,5 +225,5 @@ def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path, tiny_
     first, second = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
     for key in ("top1", "top5", "val_top1", "best_epoch", "params", "macs"):
         assert first[key] == second[key], key
-    weights = [torch.load(d / "model.pt", weights_only=False)["model"].state_dict() for d in (whole, killed)]
+    weights = [load_pruned(d / "model.pt")[0].state_dict() for d in (whole, killed)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

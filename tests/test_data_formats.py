@@ -254,7 +254,8 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "unknown-class": _unknown_class,
     "empty-box": _csv_case([("flat.jpg", "cat", 4, 4, 4, 9)], "flat.jpg"),
     "inverted-box": _csv_case([("upside.jpg", "cat", 9, 0, 4, 8)], "upside.jpg"),
-    "box-outside-image": _csv_case([("far.jpg", "cat", 40, 40, 50, 50)], "far.jpg"),
+    "box-outside-image": _csv_case([("edge.jpg", "cat", -3, 10, 12, 34)], "edge.jpg"),
+    "bad-box": _csv_case([("far.jpg", "cat", 40, 40, 50, 50)], "far.jpg"),
     "mixed-classes": _mixed,
 }
 
@@ -269,7 +270,8 @@ def test_problem_is_reported_and_skipped(kind: str, tmp_path: Path) -> None:
     log = ProblemLog(ProblemPolicy({kind: "skip"}))
     index = read_formatted(case.root, case.format, "all", problems=log, **case.kwargs)
     assert problem_list(log) == [(kind, case.bad)]
-    assert case.bad not in by_name(index)
+    clipped_instead = kind == "box-outside-image"
+    assert (case.bad in by_name(index)) == clipped_instead
     if kind not in ("missing-dataset", "missing-annotation"):
         assert "good.jpg" in by_name(index)
 
@@ -283,11 +285,68 @@ def test_problem_raises_under_error(kind: str, tmp_path: Path) -> None:
 
 
 def test_a_box_past_the_border_is_clipped_and_kept(tmp_path: Path) -> None:
-    root = make_csv(tmp_path / "csv", [("edge.jpg", "cat", -3, 20, 12, 40)])
+    root = make_csv(tmp_path / "csv", [("edge.jpg", "cat", -3, 10, 12, 34)])
     log = ProblemLog()
     index = read_formatted(root, "csv", "all", problems=log)
-    assert by_name(index) == {"edge.jpg": ("cat", ((0.0, 20.0, 12.0, 32.0),))}
+    assert by_name(index) == {"edge.jpg": ("cat", ((0.0, 10.0, 12.0, 32.0),))}
     assert problem_list(log) == [("box-outside-image", "edge.jpg")]
+
+
+def _yolo_line(box: tuple[float, float, float, float], width: int, height: int) -> str:
+    """A YOLO label line as exporters write it: centre and size as fractions rounded to 6 decimals."""
+    x0, y0, x1, y1 = box
+    fractions = ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
+    return "0 " + " ".join(f"{value:.6f}" for value in fractions)
+
+
+def test_a_six_decimal_yolo_export_of_640x480_images_reports_nothing(tmp_path: Path) -> None:
+    """Boxes that touch the border come back a few 1e-4 px past it after rounding: clipped, not reported."""
+    rng = random.Random(5)
+    boxes = {f"img{i}": (rng.randrange(0, 300), rng.randrange(0, 200), 640, 480) for i in range(4)}
+    boxes["left"] = (0, 157, 333, 480)
+    root = tmp_path / "yolo"
+    for stem, box in boxes.items():
+        write_image(root / "images" / f"{stem}.jpg", size=(640, 480))
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"{stem}.txt").write_text(_yolo_line(box, 640, 480) + "\n")
+    (root / "data.yaml").write_text("names: [cat]\n")
+    raw = [[float(v) for v in (root / "labels" / f"{stem}.txt").read_text().split()[1:]] for stem in boxes]
+    assert any((cy + h / 2) * 480 > 480 for _, cy, _, h in raw), "no rounded box overshoots: the test tests nothing"
+    log = ProblemLog()
+    index = read_formatted(root, "yolo", "all", problems=log)
+    assert log.problems == []
+    assert len(index) == len(boxes)
+    for stem, box in boxes.items():
+        (read,) = by_name(index)[f"{stem}.jpg"][1]
+        assert read[2] <= 640 and read[3] <= 480
+        assert all(abs(a - b) < 1e-3 for a, b in zip(read, box))
+
+
+def test_a_voc_box_with_an_absurd_coordinate_is_a_bad_box_skipped_and_named(tmp_path: Path) -> None:
+    root = tmp_path / "voc"
+    images = {"absurd": [("cat", 11, 21, 5000, 300)], "over": [("cat", 11, 21, 645, 300)],
+              "good": [("cat", 11, 21, 640, 480)]}
+    for image_id, objects in images.items():
+        write_image(root / "JPEGImages" / f"{image_id}.jpg", size=(640, 480))
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{image_id}.xml").write_text(voc_xml(f"{image_id}.jpg", objects))
+    log = ProblemLog()
+    index = read_formatted(root, "voc", "all", problems=log)
+    assert sorted(by_name(index)) == ["good.jpg", "over.jpg"]
+    assert by_name(index)["over.jpg"][1] == ((10.0, 20.0, 640.0, 300.0),)
+    assert problem_list(log) == [("bad-box", "absurd.jpg"), ("box-outside-image", "over.jpg")]
+    assert "beyond twice the 640x480 image" in log.problems[0].detail
+    with pytest.raises(UserError, match="absurd.jpg: bad-box"):
+        read_formatted(root, "voc", "all", policy=ProblemPolicy({"bad-box": "error"}))
+
+
+def test_a_box_mostly_outside_the_image_is_a_bad_box(tmp_path: Path) -> None:
+    root = make_csv(tmp_path / "csv", [("good.jpg", "cat", 0, 0, 8, 8), ("half.jpg", "cat", 20, 0, 50, 8)])
+    log = ProblemLog()
+    index = read_formatted(root, "csv", "all", problems=log)
+    assert sorted(by_name(index)) == ["good.jpg"]
+    assert problem_list(log, with_detail=True) == [
+        ("bad-box", "half.jpg", "box (20, 0, 50, 8) lies mostly outside the 32x32 image")]
 
 
 def test_an_image_listed_in_train_and_test_is_kept_once_in_train(tmp_path: Path) -> None:

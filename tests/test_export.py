@@ -47,7 +47,7 @@ def test_onnx_runtime_gives_pytorchs_logits_at_any_batch_size(tmp_path, build):
 
 def test_cli_export_writes_an_onnx_file_of_the_pruned_model(tmp_path):
     model = build_model("tiny-cnn", 3, stem="small").eval()
-    save_pruned(model, tmp_path / "pruned.pt", {"criterion": "none"})
+    save_pruned(model, tmp_path / "pruned.pt", {"arch": "tiny-cnn"})
     out = tmp_path / "onnx" / "model.onnx"
     subprocess.run(["mapex", "export", "--model", str(tmp_path / "pruned.pt"), "--out", str(out),
                     "--params", str(REPO / "config/ci.yaml")], check=True, capture_output=True)
@@ -61,7 +61,7 @@ def test_cli_export_errors_are_one_line_naming_the_path(tmp_path, case):
     if case == "missing-model":
         named = model_path
     else:
-        save_pruned(build_model("tiny-cnn", 3, stem="small"), model_path, {})
+        save_pruned(build_model("tiny-cnn", 3, stem="small"), model_path, {"arch": "tiny-cnn"})
         (tmp_path / "file").write_text("")
         out = named = tmp_path / "file" / "model.onnx"
     result = subprocess.run(["mapex", "export", "--model", str(model_path), "--out", str(out),

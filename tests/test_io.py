@@ -61,3 +61,47 @@ def test_auto_device_is_the_cpu_without_accelerators():
     else:
         assert pick_device().type in ("cpu", "mps")
     assert pick_device("cpu").type == "cpu"
+
+
+class _CreatesFile:
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_load_torch_runs_no_code_from_the_file(tmp_path):
+    import torch
+
+    from mapex.io import load_torch
+
+    torch.save({"x": _CreatesFile(tmp_path / "pwned")}, tmp_path / "crafted.pt")
+    with pytest.raises(UserError, match=r"crafted.pt: refers to the Python object .*open.*not loaded") as error:
+        load_torch(tmp_path / "crafted.pt")
+    assert not (tmp_path / "pwned").exists()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty or truncated"),
+    (b"epochs: 3\n", "not a torch file"),
+    (b"PK\x03\x04" + bytes(64), "not a torch file"),
+])
+def test_load_torch_names_a_file_that_is_no_torch_file(tmp_path, content, message):
+    from mapex.io import load_torch
+
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(UserError, match=message) as error:
+        load_torch(tmp_path / "bad.pt")
+    assert str(error.value).startswith(f"{tmp_path / 'bad.pt'}: ") and "\n" not in str(error.value)
+
+
+def test_load_torch_reads_tensors_and_plain_values(tmp_path):
+    import torch
+
+    from mapex.io import load_torch, save_torch
+
+    save_torch(tmp_path / "ok.pt", {"w": torch.ones(2), "meta": {"arch": "x", "ratio": 0.5, "kept": [1, 2]}})
+    loaded = load_torch(tmp_path / "ok.pt")
+    assert torch.equal(loaded["w"], torch.ones(2)) and loaded["meta"]["kept"] == [1, 2]

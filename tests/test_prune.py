@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mapex.criteria import get_criterion
 from mapex.io import UserError
+from mapex.models import build_model
 from mapex.prune import PruneReport, default_exempt, kept_count, load_pruned, prune_model, save_pruned
 
 NUM_CLASSES = 20
@@ -162,9 +163,15 @@ def test_pruned_mobilenet_runs_at_half_width() -> None:
 # --------------------------------------------------------------------------- options
 
 
-def test_global_ranking_prunes_the_low_scored_layer_first() -> None:
+def _uneven_scores(scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """conv1's filters all alike; half of conv2's far below its mean and half far above it."""
+    conv2 = torch.cat([torch.full((8,), 0.1), 1.9 + 0.01 * torch.arange(8.0)])[torch.randperm(16)]
+    return {"stem": torch.rand(8), "conv1": scale * (1 + 0.01 * torch.rand(16)), "conv2": conv2}
+
+
+def test_global_ranking_prunes_the_layer_whose_filters_stand_out_least() -> None:
     local_model, global_model = build("plain"), build("plain")
-    scores = {"stem": torch.rand(8), "conv1": 10 + torch.rand(16), "conv2": torch.rand(16)}
+    scores = _uneven_scores()
     prune_model(local_model, get_criterion("l1", scores=scores), 0.25, INPUT)
     report = prune_model(global_model, get_criterion("l1", scores=scores), 0.25, INPUT, global_pruning=True)
     assert (local_model.conv1.out_channels, local_model.conv2.out_channels) == (12, 12)
@@ -172,12 +179,23 @@ def test_global_ranking_prunes_the_low_scored_layer_first() -> None:
     assert report.kept["conv2"] == top_k(scores["conv2"], 8) and report.global_pruning
 
 
+def test_global_ranking_compares_layers_after_dividing_by_their_mean_magnitude() -> None:
+    """A layer's scale alone (an L1 norm grows with fan-in) does not decide what it keeps."""
+    torch.manual_seed(0)
+    small, large = build("plain"), build("plain")
+    scores = _uneven_scores()
+    scaled = {**scores, "conv1": 1000 * scores["conv1"]}
+    prune_model(small, get_criterion("l1", scores=scores), 0.25, INPUT, global_pruning=True)
+    prune_model(large, get_criterion("l1", scores=scaled), 0.25, INPUT, global_pruning=True)
+    assert (small.conv1.out_channels, small.conv2.out_channels) == (large.conv1.out_channels, large.conv2.out_channels)
+
+
 def test_global_ranking_leaves_every_layer_its_best_filter() -> None:
     model = build("plain")
-    scores = {"stem": torch.rand(8), "conv1": 10 + torch.rand(16), "conv2": torch.rand(16)}
-    report = prune_model(model, get_criterion("l1", scores=scores), 0.6, INPUT, global_pruning=True)
-    assert (model.conv1.out_channels, model.conv2.out_channels) == (13, 1)
-    assert report.kept["conv2"] == [int(scores["conv2"].argmax())]
+    scores = {"stem": torch.rand(8), "conv1": 1 + 0.01 * torch.rand(16), "conv2": torch.rand(16) ** 8}
+    report = prune_model(model, get_criterion("l1", scores=scores), 0.95, INPUT, global_pruning=True)
+    assert model.conv1.out_channels >= 1 and model.conv2.out_channels >= 1
+    assert int(scores["conv2"].argmax()) in report.kept["conv2"]
     assert model(INPUT).shape == (2, NUM_CLASSES)
 
 
@@ -228,23 +246,59 @@ def test_default_exempt_finds_the_first_conv_and_the_classifier() -> None:
     assert default_exempt(build("plain"), INPUT) == ["stem", "fc"]
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    model = build("resnet18")
+@pytest.mark.parametrize("arch, stem", [("resnet18", "imagenet"), ("mobilenet_v2", "small"), ("vgg16_bn", "small")])
+def test_save_and_load_round_trip(tmp_path: Path, arch: str, stem: str) -> None:
+    """The file holds weights only; the loaded model is rebuilt to the pruned shapes (depthwise groups
+    included) and gives the same outputs; the stem is found from the model when meta lacks it."""
+    torch.manual_seed(0)
+    model = build_model(arch, NUM_CLASSES, stem=stem).eval()
     criterion = get_criterion("l1")
     criterion.compute(model)
     report = prune_model(model, criterion, 0.5, INPUT)
-    save_pruned(model, tmp_path / "pruned.pt", {"report": report.to_dict()})
+    save_pruned(model, tmp_path / "pruned.pt", {"arch": arch, "report": report.to_dict()})
+    assert torch.load(tmp_path / "pruned.pt", weights_only=True)["format"] == "mapex-model/2"
     loaded, meta = load_pruned(tmp_path / "pruned.pt")
     assert meta["report"]["kept"] == report.kept
+    assert (meta["stem"], meta["num_classes"]) == (stem, NUM_CLASSES)
     with torch.no_grad():
-        assert torch.equal(loaded.eval()(INPUT), model.eval()(INPUT))
-    assert loaded.layer2[0].conv1.out_channels == 64
+        assert torch.equal(loaded.eval()(INPUT), model(INPUT))
+    assert [p.shape for p in loaded.parameters()] == [p.shape for p in model.parameters()]
+    assert all(p.requires_grad for p in loaded.parameters())
+
+
+def test_save_refuses_a_model_that_could_not_be_rebuilt(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="match no stem of resnet34"):
+        save_pruned(build("resnet18"), tmp_path / "m.pt", {"arch": "resnet34"})
+    with pytest.raises(ValueError, match="needs meta\\['arch'\\]"):
+        save_pruned(build("resnet18"), tmp_path / "m.pt", {})
 
 
 def test_loading_something_else_is_a_user_error(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a pruned model"):
+    with pytest.raises(UserError, match="other.pt: not a model saved by mapex"):
         load_pruned(tmp_path / "other.pt")
+
+
+def test_an_old_whole_module_file_is_not_unpickled(tmp_path: Path) -> None:
+    torch.save({"model": build("resnet18"), "meta": {}}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="old.pt: a whole-module pickle .* delete it and rerun the stage"):
+        load_pruned(tmp_path / "old.pt")
+
+
+def test_weights_that_contradict_the_meta_are_named(tmp_path: Path) -> None:
+    save_pruned(build_model("tiny-cnn", 4), tmp_path / "m.pt", {"arch": "tiny-cnn"})
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    saved["meta"]["arch"] = "tiny-resnet"
+    torch.save(saved, tmp_path / "lies.pt")
+    with pytest.raises(UserError, match="lies.pt: its weights do not fit a tiny-resnet"):
+        load_pruned(tmp_path / "lies.pt")
+
+
+def test_expected_identity_is_checked_key_by_key(tmp_path: Path) -> None:
+    save_pruned(build_model("tiny-cnn", 4), tmp_path / "m.pt", {"arch": "tiny-cnn", "criterion": "l1"})
+    assert load_pruned(tmp_path / "m.pt", expect={"arch": "tiny-cnn", "num_classes": 4})[1]["criterion"] == "l1"
+    with pytest.raises(UserError, match="criterion is 'l1', expected 'map-ex'; it has no data"):
+        load_pruned(tmp_path / "m.pt", expect={"criterion": "map-ex", "data": "abc"})
 
 
 # --------------------------------------------------------------------------- round_to from params

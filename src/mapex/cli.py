@@ -41,24 +41,20 @@ def _task(params: dict[str, Any], args: argparse.Namespace):
     return name, load_task_data(params, args.data, task_classes(params, name))
 
 
-def _task_model(task, model_path: str | Path):
+def _task_model(params: dict[str, Any], task, model_path: str | Path):
+    """The baseline at ``model_path``, made under these params, restricted to the task's classes."""
     from mapex.experiment import task_model
     from mapex.prune import load_pruned
 
-    model, _ = load_pruned(model_path)
+    model, _ = load_pruned(model_path, expect={**_identity(params), "stage": "baseline"})
     return task_model(model, task)
 
 
-def _load_scores(path: str | Path, row: str) -> dict:
-    from mapex.io import load_torch
+def _identity(params: dict[str, Any]) -> dict[str, Any]:
+    """What every model and scores file made under ``params`` carries in its meta."""
+    from mapex.identity import data_fingerprint
 
-    stored = load_torch(path)
-    if not isinstance(stored, dict) or not isinstance(stored.get("scores"), dict):
-        raise UserError(f"{path}: not a scores file written by `mapex scores`")
-    written_for = stored.get("meta", {}).get("criterion")
-    if written_for != row:
-        raise UserError(f"{path}: scores of criterion '{written_for}', not '{row}'")
-    return stored["scores"]
+    return {"arch": params["model"]["arch"], "stem": params["model"]["stem"], "data": data_fingerprint(params)}
 
 
 def _save_fitted(model, result, out: Path, history: Path, meta: dict[str, Any]) -> None:
@@ -88,12 +84,10 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    import json
-
     from mapex.data.check import check_dataset
     from mapex.data.formats import ProblemPolicy
 
-    policy = ProblemPolicy.from_dict(json.loads(args.problems)) if args.problems else None
+    policy = ProblemPolicy.from_json(args.problems) if args.problems else None
     report = check_dataset(Path(args.path), args.format, policy=policy)
     print(report.format_text())
     if args.json:
@@ -106,6 +100,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> None:
     from mapex import experiment
     from mapex.evaluate import evaluate_model
+    from mapex.identity import fingerprint
     from mapex.io import seed_everything, write_json
     from mapex.models import build_model
 
@@ -116,9 +111,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = build_model(mp["arch"], len(task.source_classes), stem=mp["stem"], pretrained=mp["pretrained"])
     on = experiment.device(params)
     result = experiment.fit_model(params, model, params["train"], seed, task.source_train, task.source_val,
-                                  experiment.checkpoint_dir(args.out), on)
+                                  experiment.checkpoint_dir(args.out), on, source=fingerprint(mp), restart=args.restart)
     _save_fitted(model, result, Path(args.out), Path(args.history),
-                 {"arch": mp["arch"], "classes": task.source_classes, "stage": "baseline", "seed": seed})
+                 {**_identity(params), "classes": task.source_classes, "stage": "baseline", "seed": seed})
     test_loader = experiment.loader(params, task.source_test, False, params["train"]["batch_size"], seed)
     metrics = evaluate_model(model, test_loader, on, experiment.input_size(params),
                              latency_batches=tuple(params["evaluate"]["latency_batches"]),
@@ -131,40 +126,46 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_scores(args: argparse.Namespace) -> None:
     from mapex import experiment
     from mapex.data import balanced_subset
-    from mapex.io import save_torch
+    from mapex.identity import file_fingerprint
     from mapex.pipeline import row
+    from mapex.prune import save_scores
 
     params = _params(args)
     spec = row(params, args.criterion)
     task_name, task = _task(params, args)
     n = params["statistics"]["samples_per_class"]
     samples = balanced_subset(task.task_train, n, args.seed)
-    model = _task_model(task, args.model)
+    model = _task_model(params, task, args.model)
     started = time.perf_counter()
     scores = experiment.compute_scores(params, model, spec, samples, args.seed, experiment.device(params))
-    meta = {"criterion": args.criterion, "base_criterion": spec.criterion, "options": spec.options,
-            "task": task_name, "arch": params["model"]["arch"], "n_per_class": n,
+    meta = {**_identity(params), "baseline": file_fingerprint(args.model), "num_classes": len(task.task_test.classes),
+            "criterion": args.criterion, "base_criterion": spec.criterion, "options": spec.options,
+            "task": task_name, "n_per_class": n,
             "n_images": len(samples.samples), "seed": args.seed, "seconds": time.perf_counter() - started}
-    save_torch(args.out, {"scores": scores, "meta": meta})
+    save_scores(args.out, scores, meta)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Prune, fine-tune and evaluate one run: one process, so the data and model load once."""
     from mapex import experiment
     from mapex.evaluate import accuracy, file_size
+    from mapex.identity import file_fingerprint, fingerprint
     from mapex.io import write_json
     from mapex.pipeline import UNPRUNED, row
+    from mapex.prune import load_scores
 
     params = _params(args)
     spec = row(params, args.criterion)
     task_name, task = _task(params, args)
-    model = _task_model(task, args.model)
+    model = _task_model(params, task, args.model)
     on = experiment.device(params)
     report = None
     if spec.criterion != UNPRUNED:
         if args.scores is None:
             raise UserError(f"criterion '{args.criterion}' needs --scores")
-        scores = _load_scores(args.scores, args.criterion)
+        scores, _ = load_scores(args.scores, expect={
+            **_identity(params), "baseline": file_fingerprint(args.model), "num_classes": len(task.task_test.classes),
+            "task": task_name, "criterion": args.criterion, "options": spec.options})
         report = experiment.prune_task_model(params, model, spec, scores, args.ratio, args.seed)
     if spec.scratch:
         from mapex.models import reinitialise
@@ -172,9 +173,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         reinitialise(model, args.seed)
     test_loader = experiment.loader(params, task.task_test, False, params["finetune"]["batch_size"], 0)
     before = accuracy(model.to(on), test_loader, on)
+    source = fingerprint([file_fingerprint(args.model), args.scores and file_fingerprint(args.scores), args.ratio])
     result = experiment.fit_model(params, model, params["finetune"], args.seed, task.task_train, task.task_val,
-                                  experiment.checkpoint_dir(args.out), on)
-    meta = {"arch": params["model"]["arch"], "classes": task.task_test.classes, "task": task_name,
+                                  experiment.checkpoint_dir(args.out), on, source=source, restart=args.restart)
+    meta = {**_identity(params), "classes": task.task_test.classes, "task": task_name,
             "criterion": args.criterion, "ratio": args.ratio, "seed": args.seed, "stage": "finetuned"}
     _save_fitted(model, result, Path(args.out), Path(args.history), meta)
     after = accuracy(model.to(on), test_loader, on, predictions=True)
@@ -211,7 +213,7 @@ def _study(args: argparse.Namespace, section: str, study) -> None:
 
     params = _params(args)
     task_name, task = _task(params, args)
-    model = _task_model(task, args.model)
+    model = _task_model(params, task, args.model)
     on = experiment.device(params)
     seed = params["seeds"][0]
     samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
@@ -246,7 +248,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
     params = _params(args)
     _, task = _task(params, args)
-    model = _task_model(task, args.model).to(experiment.device(params))
+    model = _task_model(params, task, args.model).to(experiment.device(params))
     seed = params["seeds"][0]
     samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
     batches = experiment.loader(params, samples, False, params["statistics"]["batch_size"], seed)
@@ -262,7 +264,8 @@ def cmd_samples(args: argparse.Namespace) -> None:
     params = _params(args)
     _, task = _task(params, args)
     checkpoints = experiment.checkpoint_dir(args.out)  # a killed study resumes its fine-tuning runs
-    table = studies.samples_study(params, _task_model(task, args.model), task, experiment.device(params), checkpoints)
+    table = studies.samples_study(params, _task_model(params, task, args.model), task, experiment.device(params),
+                                  checkpoints)
     _write_csv(args.out, table)
     shutil.rmtree(checkpoints, ignore_errors=True)
 
@@ -279,15 +282,15 @@ def cmd_latency(args: argparse.Namespace) -> None:
     for run in run_ids(params):
         record = read_json(Path(args.runs) / f"{run}.json")
         runs.append({**record, "run": run})
-    table = studies.latency_by_shape(params, runs, lambda run: _model_of(args.models, run),
-                                     _task_model(task, args.model))
+    table = studies.latency_by_shape(params, runs, lambda run: _model_of(args.models, run, params),
+                                     _task_model(params, task, args.model))
     _write_csv(args.out, table)
 
 
-def _model_of(models_dir: str | Path, run: str):
+def _model_of(models_dir: str | Path, run: str, params: dict[str, Any]):
     from mapex.prune import load_pruned
 
-    return load_pruned(Path(models_dir) / f"{run}.pt")[0]
+    return load_pruned(Path(models_dir) / f"{run}.pt", expect={**_identity(params), "stage": "finetuned"})[0]
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -325,7 +328,7 @@ def cmd_response_maps(args: argparse.Namespace) -> None:
 
     params = _params(args)
     _, task = _task(params, args)
-    model = _task_model(task, args.model)
+    model = _task_model(params, task, args.model)
     seed = params["seeds"][0]
     samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
     scores = experiment.compute_scores(params, model, row(params, FOCUS), samples, seed, experiment.device(params))
@@ -387,6 +390,7 @@ SEED = ("--seed", {"type": int, "required": True})
 THREADS = ("--threads", {"type": int, "default": None, "help": "CPU threads for torch (default: all)"})
 TASK = ("--task", {"default": None, "help": "task name from data.tasks (default: the first)"})
 CRITERION = ("--criterion", {"required": True, "help": "a row: a registered criterion or a key of variants"})
+RESTART = ("--restart", {"action": "store_true", "help": "discard a checkpoint left by an earlier run"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,11 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
          ("--json", {"help": "also write the summary as JSON to this file"}))
 
     _add(sub, "train", cmd_train, "Train the baseline on all source classes; evaluate it on the test split.",
-         PARAMS, DATA, OUT, THREADS, ("--metrics", {"required": True}), ("--history", {"required": True}))
+         PARAMS, DATA, OUT, THREADS, RESTART, ("--metrics", {"required": True}), ("--history", {"required": True}))
     _add(sub, "scores", cmd_scores, "Per-filter scores of one criterion over N task samples per class.",
          PARAMS, DATA, MODEL, OUT, SEED, THREADS, TASK, CRITERION)
     _add(sub, "run", cmd_run, "Prune the task model by a criterion's scores, fine-tune it, evaluate it on test.",
-         PARAMS, DATA, MODEL, OUT, SEED, THREADS, TASK, CRITERION,
+         PARAMS, DATA, MODEL, OUT, SEED, THREADS, TASK, CRITERION, RESTART,
          ("--ratio", {"type": float, "required": True}), ("--scores", {"default": None}),
          ("--history", {"required": True}), ("--metrics", {"required": True, "help": "evaluation JSON to write"}))
     _add(sub, "sanity", cmd_sanity, "Sanity check: top- vs bottom-scored vs random filters kept, before fine-tuning.",

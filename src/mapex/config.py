@@ -13,6 +13,18 @@ from mapex.io import UserError
 SCHEMA_FILE = "params.schema.yaml"
 
 
+def _is_integer(checker: jsonschema.TypeChecker, instance: Any) -> bool:
+    """JSON Schema counts ``1.0`` as an integer; YAML's ``1.0`` is a float, which range() and
+    DataLoader refuse later, so only Python ints (not bools) are integers here."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+
 def load_schema() -> dict[str, Any]:
     text = resources.files("mapex").joinpath("schemas", SCHEMA_FILE).read_text()
     return yaml.safe_load(text)
@@ -31,7 +43,7 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
     The first error in document order is reported, so the message points at one key the user
     can fix (``prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1``).
     """
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = StrictValidator(load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         error = errors[0]
@@ -73,8 +85,10 @@ def load_params(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: params file not found")
     try:
         params = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from err
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(params, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, train, ...)")
     return validate_params(params, str(path))

@@ -91,14 +91,21 @@ def train_config(section: dict[str, Any], seed: int):
 
 
 def fit_model(params: dict[str, Any], model: nn.Module, section: dict[str, Any], seed: int, train_index: BoxIndex,
-              val_index: BoxIndex, checkpoint_dir: Path, on: torch.device):
-    """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation."""
+              val_index: BoxIndex, checkpoint_dir: Path, on: torch.device, source: str | None = None,
+              restart: bool = False):
+    """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation.
+
+    A checkpoint in ``checkpoint_dir`` is resumed only if written for the same data settings and
+    ``source`` (a fingerprint of what ``model`` starts from); ``restart`` discards it instead.
+    """
+    from mapex.identity import data_fingerprint
     from mapex.train import fit
 
     config = train_config(section, seed)
     train_loader = loader(params, train_index, True, config.batch_size, seed)
     val_loader = loader(params, val_index, False, config.batch_size, seed)
-    return fit(model, train_loader, val_loader, config, checkpoint_dir, on)
+    return fit(model, train_loader, val_loader, config, checkpoint_dir, on,
+               identity={"data": data_fingerprint(params), "source": source}, restart=restart)
 
 
 def checkpoint_dir(out: str | Path) -> Path:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -78,12 +80,46 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a file written by :func:`save_torch` (whole modules included, so not weights-only)."""
+def load_torch(path: str | os.PathLike) -> Any:
+    """Load a file written by :func:`save_torch` onto the CPU, tensors and plain containers only.
+
+    ``weights_only=True``: a crafted file cannot run code while being read. Anything that is not
+    such a file (empty, truncated, text, an image, a plain pickle, a whole-module pickle) is a
+    one-line :class:`UserError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path}: {_unsafe_content(str(err))}") from err
+    except EOFError as err:
+        raise UserError(f"{path}: empty or truncated, not a torch file") from err
+    except (RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a torch file written by mapex, or truncated ({_first_line(err)})") from err
+
+
+OLD_FORMAT_MODULES = ("torch.", "torchvision.", "mapex.", "torch_pruning.")
+"""Classes a whole-module pickle of an older mapex refers to (its models, not user code)."""
+
+
+def _unsafe_content(message: str) -> str:
+    """Why the weights-only unpickler refused a file, in one line."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found is None:
+        return "not a torch file written by mapex (unreadable as tensors only)"
+    name = found.group(1)
+    if name.startswith(OLD_FORMAT_MODULES):
+        return (f"a whole-module pickle ({name}) as older mapex versions wrote; it is not loaded, since "
+                "unpickling can run code: delete it and rerun the stage that wrote it")
+    return f"refers to the Python object {name}, which loading would have to run; not loaded"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    return text[:160]
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 
 from mapex import io
 from mapex.criteria import Criterion, is_conv_out_pruning
+from mapex.identity import load_checked
+from mapex.models import STEMS, build_model, classifier_name
 
 
 @dataclasses.dataclass
@@ -179,17 +182,135 @@ def prunable_groups(model: nn.Module, example_input: Tensor, exempt: Sequence[st
                 for group in groups]
 
 
+MODEL_FORMAT = "mapex-model/2"
+SCORES_FORMAT = "mapex-scores/1"
+
+
 def save_pruned(model: nn.Module, path: Any, meta: dict[str, Any]) -> None:
-    """Save a pruned model as a whole-module pickle (its shrunken shapes need no rebuilding)."""
-    io.save_torch(path, {"model": model, "meta": meta})
+    """Save a (pruned) model as its weights plus what rebuilds its shapes: arch, stem, classes.
+
+    ``meta["arch"]`` is required; ``num_classes`` is read from the model's classifier and the
+    stem, when ``meta`` lacks it, from the model's layer layout. The file holds tensors and plain
+    values only, so :func:`load_pruned` reads it without unpickling any code.
+    """
+    if "arch" not in meta:
+        raise ValueError("save_pruned needs meta['arch'] to make the model rebuildable")
+    num_classes = model.get_submodule(classifier_name(model)).out_features
+    stem = meta.get("stem") or _matching_stem(model, meta["arch"], num_classes)
+    if _layout(_skeleton(meta["arch"], num_classes, stem)) != _layout(model):
+        raise ValueError(f"the model's layers are not those of a {meta['arch']} with the {stem} stem")
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    full_meta = {**meta, "stem": stem, "num_classes": num_classes}
+    io.save_torch(path, {"format": MODEL_FORMAT, "meta": full_meta, "state_dict": state})
 
 
-def load_pruned(path: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Load what :func:`save_pruned` wrote: ``(model, meta)``."""
-    saved = io.load_torch(path)
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), nn.Module):
-        raise io.UserError(f"{path}: not a pruned model saved by mapex")
-    return saved["model"], saved.get("meta", {})
+def load_pruned(path: Any, expect: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load what :func:`save_pruned` wrote: ``(model, meta)``; ``meta`` must match ``expect``.
+
+    The unpruned network is built on the meta device (no memory, no init), each layer is cut to
+    the shapes of the saved weights, and the weights are assigned.
+    """
+    saved = load_checked(path, MODEL_FORMAT, "a model", expect)
+    meta, state = saved["meta"], saved.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise io.UserError(f"{path}: its state_dict is not a mapping of tensors")
+    arch, stem, num_classes = (meta.get(key) for key in ("arch", "stem", "num_classes"))
+    if not isinstance(arch, str) or not isinstance(stem, str) or not isinstance(num_classes, int):
+        raise io.UserError(f"{path}: meta lacks arch, stem or num_classes (arch={arch!r}, stem={stem!r}, "
+                           f"num_classes={num_classes!r})")
+    try:
+        model = _skeleton(arch, num_classes, stem)
+        _resize_to(model, state)
+        model.load_state_dict(state, strict=True, assign=True)
+    except io.UserError as err:
+        raise io.UserError(f"{path}: {err}") from err
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise io.UserError(f"{path}: its weights do not fit a {arch} ({stem} stem, {num_classes} classes): "
+                           f"{str(err).strip().splitlines()[-1].strip()[:200]}") from err
+    if any(tensor.is_meta for tensor in itertools.chain(model.parameters(), model.buffers())):
+        raise io.UserError(f"{path}: its weights do not cover every layer of a {arch} ({stem} stem)")
+    _check_runs(model, path)
+    return model, meta
+
+
+def _check_runs(model: nn.Module, path: Any) -> None:
+    """One forward pass of a small image: weights whose shapes do not chain (a BatchNorm narrower
+    than its conv) are found here, naming the file, not in the middle of a stage."""
+    try:
+        with torch.no_grad(), _evaluating(model):
+            model(torch.zeros(1, 3, 64, 64))
+    except RuntimeError as err:
+        raise io.UserError(f"{path}: its weights do not fit together ({' '.join(str(err).split())[:160]})") from err
+
+
+def save_scores(path: Any, scores: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Save per-conv filter scores (on the CPU) with the identity of what they were computed on."""
+    io.save_torch(path, {"format": SCORES_FORMAT, "meta": meta,
+                         "scores": {name: score.detach().cpu() for name, score in scores.items()}})
+
+
+def load_scores(path: Any, expect: dict[str, Any] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load what :func:`save_scores` wrote: ``(scores, meta)``; ``meta`` must match ``expect``."""
+    saved = load_checked(path, SCORES_FORMAT, "a scores file", expect)
+    scores = saved.get("scores")
+    if not isinstance(scores, dict) or not scores or not all(
+        isinstance(score, Tensor) and score.dim() == 1 and score.is_floating_point() for score in scores.values()
+    ):
+        raise io.UserError(f"{path}: its scores are not one 1-D float tensor per conv layer")
+    return scores, saved["meta"]
+
+
+def _skeleton(arch: str, num_classes: int, stem: str) -> nn.Module:
+    """The unpruned network on the meta device: its layout and shapes, without weights."""
+    with torch.device("meta"):
+        return build_model(arch, num_classes, stem=stem)
+
+
+def _matching_stem(model: nn.Module, arch: str, num_classes: int) -> str:
+    for stem in STEMS:
+        if _layout(_skeleton(arch, num_classes, stem)) == _layout(model):
+            return stem
+    raise ValueError(f"the model's layers match no stem of {arch}")
+
+
+def _layout(model: nn.Module) -> list[tuple[Any, ...]]:
+    """Each module's name, type and what its weights do not show (kernel, stride, padding, dilation)."""
+    return [
+        (name, type(module).__name__,
+         *(getattr(module, key, None) for key in ("kernel_size", "stride", "padding", "dilation")))
+        for name, module in model.named_modules()
+    ]
+
+
+def _resize_to(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Give every parameter and buffer the shape of its saved tensor, and every layer matching sizes.
+
+    Torch-Pruning changed exactly these: channel counts of convs, BatchNorms and Linears (and the
+    groups of depthwise convs, which keep ``groups == in_channels == out_channels``).
+    """
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            saved = state.get(prefix + name)
+            if saved is not None and saved.shape != tensor.shape:
+                empty = torch.empty(saved.shape, dtype=tensor.dtype, device="meta")
+                setattr(module, name, nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter)
+                        else empty)
+        _match_sizes(module)
+
+
+def _match_sizes(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        module.out_channels = module.weight.shape[0]
+        if depthwise:
+            module.groups = module.in_channels = module.out_channels
+        else:
+            module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.num_features = module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
 
 
 def _globally_kept(

@@ -36,10 +36,12 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mapex.io import UserError, load_torch, save_torch, seed_everything
+from mapex.identity import fingerprint, load_checked, same
+from mapex.io import UserError, save_torch, seed_everything
 
 SCHEDULES = ("onecycle", "cosine")
 CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = "mapex-checkpoint/2"
 StateDict = dict[str, Tensor]
 
 
@@ -101,8 +103,14 @@ def fit(
     checkpoint_dir: Path,
     device: torch.device,
     progress: bool = True,
+    identity: dict[str, Any] | None = None,
+    restart: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``train_loader``, resuming from ``checkpoint_dir/last.pt`` if it exists.
+
+    A checkpoint is resumed only if it was written for the same config, the same layer shapes and
+    the same ``identity`` (what the caller says the data and the starting model are, e.g.
+    ``{"data": <fingerprint>, "source": <fingerprint>}``); ``restart`` discards it instead.
 
     Batches are ``(images, labels, ...)``; extra items (boxes) are ignored. History rows hold
     ``epoch`` (1-based), ``train_loss`` (with label smoothing), ``train_top1``, ``val_loss`` (plain
@@ -110,13 +118,16 @@ def fit(
     ``model`` holds the best epoch's weights (on ``device``; channels-last on the CPU).
     """
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if restart:
+        checkpoint.unlink(missing_ok=True)
+    identity = {**dataclasses.asdict(config), "architecture": _shapes_fingerprint(model), **(identity or {})}
     model.to(device, memory_format=_memory_format(device))
     steps = _steps_per_epoch(train_loader, config)
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, config.epochs * steps)
     state = _TrainingState(best_state=_cpu_copy(model.state_dict()), best_epoch=0, history=[])
     if checkpoint.is_file():
-        state = _resume(checkpoint, model, optimizer, scheduler, config, device)
+        state = _resume(checkpoint, model, optimizer, scheduler, identity)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     for epoch in range(len(state.history) + 1, config.epochs + 1):
         started = time.perf_counter()
@@ -129,7 +140,7 @@ def fit(
             "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }, model)
-        _save_checkpoint(checkpoint, model, optimizer, scheduler, config, state)
+        _save_checkpoint(checkpoint, model, optimizer, scheduler, identity, state)
         if progress:
             tqdm.write(_summary(state.history[-1], config.epochs))
     model.load_state_dict(state.best_state)
@@ -232,10 +243,16 @@ def _cpu_copy(state_dict: StateDict) -> StateDict:
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state_dict.items()}
 
 
+def _shapes_fingerprint(model: nn.Module) -> str:
+    """A digest of the model's parameter and buffer names and shapes (its architecture, pruned or not)."""
+    return fingerprint({name: list(tensor.shape) for name, tensor in model.state_dict().items()})
+
+
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                     config: TrainConfig, state: _TrainingState) -> None:
+                     identity: dict[str, Any], state: _TrainingState) -> None:
     save_torch(path, {
-        "config": dataclasses.asdict(config),
+        "format": CHECKPOINT_FORMAT,
+        "meta": identity,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -246,23 +263,49 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-            config: TrainConfig, device: torch.device) -> _TrainingState:
-    """Load ``path`` into the model, optimizer and scheduler; refuse one written under another config."""
-    saved: dict[str, Any] = load_torch(path, map_location=device)
-    changed = _changed_fields(saved["config"], dataclasses.asdict(config))
+            identity: dict[str, Any]) -> _TrainingState:
+    """Load ``path`` into the model, optimizer and scheduler; refuse one written for other inputs."""
+    fix = f"delete {path} to start over, or pass --restart"
+    try:
+        saved = load_checked(path, CHECKPOINT_FORMAT, "a training checkpoint")
+    except UserError as err:
+        raise UserError(f"{err}; {fix}") from err
+    changed = _changed_fields(saved["meta"], identity)
     if changed:
-        raise UserError(f"{path} was written with another training config ({changed}); "
-                        "delete it to start over")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    best_state = {name: tensor.to("cpu") for name, tensor in saved["best_state"].items()}
-    return _TrainingState(best_state=best_state, best_epoch=saved["best_epoch"], history=saved["history"])
+        raise UserError(f"{path} was written for other inputs ({changed}); {fix}")
+    try:
+        state = _training_state(saved, model)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        detail = " ".join(str(err).split())[:120]
+        raise UserError(f"{path}: not a complete checkpoint of this model ({type(err).__name__}: {detail}); {fix}") from err
+    return state
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds")
+
+
+def _training_state(saved: dict[str, Any], model: nn.Module) -> _TrainingState:
+    """The history and best weights of a checkpoint, checked against each other and the model."""
+    history, best_epoch, best_state = saved["history"], saved["best_epoch"], saved["best_state"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) and set(HISTORY_KEYS) <= set(row)
+                                                for row in history):
+        raise ValueError("its history is not one row per epoch")
+    if not isinstance(best_epoch, int) or not (0 < best_epoch <= len(history) or best_epoch == len(history) == 0):
+        raise ValueError(f"best_epoch {best_epoch!r} is not an epoch of its history")
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    if not isinstance(best_state, dict) or not all(isinstance(tensor, Tensor) for tensor in best_state.values()) \
+            or {name: tensor.shape for name, tensor in best_state.items()} != shapes:
+        raise ValueError("its best weights are not weights of this model")
+    return _TrainingState(best_state={name: tensor.to("cpu") for name, tensor in best_state.items()},
+                          best_epoch=best_epoch, history=history)
 
 
 def _changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return ", ".join(f"{key}: {saved.get(key)!r} -> {value!r}"
-                     for key, value in current.items() if saved.get(key) != value)
+                     for key, value in current.items() if key not in saved or not same(saved[key], value))
 
 
 def _summary(row: dict[str, float], epochs: int) -> str:

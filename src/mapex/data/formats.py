@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Hashable, Iterable, Mapping
 
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -44,7 +44,8 @@ DEFAULT_ACTIONS: dict[str, str] = {
     "unknown-class": "skip",  # a box whose class is not in the dataset's class list
     "empty-box": "skip",  # a box of zero width or height
     "inverted-box": "skip",  # a box with x1 < x0 or y1 < y0
-    "box-outside-image": "skip",  # a box reaching past the image border (clipped when skipped)
+    "box-outside-image": "skip",  # a box reaching past the image border by more than the tolerance (clipped)
+    "bad-box": "skip",  # a box mostly outside the image, or a coordinate beyond twice the image size
     "mixed-classes": "skip",  # label_rule "agree": boxes of more than one class in one image
 }
 """Every problem kind, with its default action."""
@@ -55,6 +56,10 @@ SPLITS = ("train", "test", "all")
 LABEL_RULES = ("largest", "agree")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 CSV_COLUMNS = ("image", "label", "x0", "y0", "x1", "y1")
+BORDER_TOLERANCE_PX = 0.5
+BORDER_TOLERANCE_FRACTION = 1e-3
+"""A box may overshoot the border by the larger of these unreported (rounding in exports such as
+YOLO's 6-decimal fractions); it is clipped all the same."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +86,15 @@ class ProblemPolicy:
         if overrides is not None and not isinstance(overrides, Mapping):
             raise UserError(f"data.problems: expected a mapping of problem kind to error|skip, got {overrides!r}")
         return cls(dict(overrides or {}))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "--problems") -> ProblemPolicy:
+        """The policy from a JSON object such as ``{"no-box": "error"}`` (the CLI's ``--problems``)."""
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{source}: not valid JSON ({err}); e.g. '{{\"no-box\": \"error\"}}'") from err
+        return cls.from_dict(overrides)
 
 
 @dataclass(frozen=True)
@@ -275,9 +289,9 @@ def _decoded_size(file: Path, content: bytes, log: ProblemLog) -> tuple[int, int
 def _checked_boxes(image: RawImage, size: tuple[int, int], log: ProblemLog) -> list[tuple[str, Box]] | None:
     """The image's boxes as ``(class id, clipped pixel box)``; ``None`` when the image must be dropped.
 
-    A box of an unknown class, or an empty or inverted one, drops the whole image: leaving the box
-    out would count an object's pixels as background. A box past the border is clipped (and left
-    out if nothing remains); an image left without boxes is dropped.
+    A box of an unknown class, or an empty, inverted or bad one, drops the whole image: leaving the
+    box out would count an object's pixels as background. A box a little past the border is
+    clipped (reported beyond the border tolerance).
     """
     if not image.boxes:
         log.report("no-box", image.file, "the image has no box")
@@ -286,14 +300,12 @@ def _checked_boxes(image: RawImage, size: tuple[int, int], log: ProblemLog) -> l
     usable = True
     for box in image.boxes:
         coords = _pixel_coords(box, size)
-        fault = _box_fault(box, coords)
+        fault = _box_fault(box, coords, size)
         if fault is not None:
             log.report(fault[0], image.file, fault[1])
             usable = False
             continue
-        clipped = _clipped(coords, size, image.file, log)
-        if clipped is not None:
-            checked.append((box.label, clipped))
+        checked.append((box.label, _clipped(coords, size, image.file, log)))
     return checked if usable and checked else None
 
 
@@ -305,31 +317,48 @@ def _pixel_coords(box: RawBox, size: tuple[int, int]) -> Box:
     return (x0 * width, y0 * height, x1 * width, y1 * height)
 
 
-def _box_fault(box: RawBox, coords: Box) -> tuple[str, str] | None:
-    """The kind and detail of a fault that makes the box unusable, or ``None``."""
+def _box_fault(box: RawBox, coords: Box, size: tuple[int, int]) -> tuple[str, str] | None:
+    """The kind and detail of a fault that makes the box unusable, or ``None``.
+
+    ``bad-box``: a coordinate outside ``[-size, 2 * size]`` (an absurd value, not a rounding
+    error) or less than half the box inside the image: clipping it would keep a box that does not
+    say where the object is.
+    """
     x0, y0, x1, y1 = coords
+    width, height = size
     if box.label is None:
         return "unknown-class", f"class '{box.written}' is not in the class list"
     if x1 < x0 or y1 < y0:
         return "inverted-box", f"box {_format_box(coords)} has x1 < x0 or y1 < y0"
     if x1 == x0 or y1 == y0:
         return "empty-box", f"box {_format_box(coords)} has zero area"
+    if not (-width <= x0 and x1 <= 2 * width and -height <= y0 and y1 <= 2 * height):
+        return "bad-box", f"box {_format_box(coords)} has a coordinate beyond twice the {width}x{height} image"
+    if _area(_clip(coords, size)) < 0.5 * _area(coords):
+        return "bad-box", f"box {_format_box(coords)} lies mostly outside the {width}x{height} image"
     return None
 
 
-def _clipped(coords: Box, size: tuple[int, int], file: Path, log: ProblemLog) -> Box | None:
-    """The box clipped to the image (reported when that changes it); ``None`` when nothing remains."""
+def _clipped(coords: Box, size: tuple[int, int], file: Path, log: ProblemLog) -> Box:
+    """The box clipped to the image; reported when it overshot by more than the border tolerance."""
+    clipped = _clip(coords, size)
+    overshoot_x = max(clipped[0] - coords[0], coords[2] - clipped[2])
+    overshoot_y = max(clipped[1] - coords[1], coords[3] - clipped[3])
     width, height = size
-    x0, y0, x1, y1 = coords
-    clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
-    if clipped == coords:
-        return coords
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        detail = f"box {_format_box(coords)} lies outside the {width}x{height} image; dropped"
-        log.report("box-outside-image", file, detail)
-        return None
-    log.report("box-outside-image", file, f"box {_format_box(coords)} clipped to the {width}x{height} image")
+    if overshoot_x > _tolerance(width) or overshoot_y > _tolerance(height):
+        log.report("box-outside-image", file, f"box {_format_box(coords)} clipped to the {width}x{height} image")
     return clipped
+
+
+def _clip(coords: Box, size: tuple[int, int]) -> Box:
+    x0, y0, x1, y1 = coords
+    width, height = size
+    return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), max(min(x1, float(width)), 0.0),
+            max(min(y1, float(height)), 0.0))
+
+
+def _tolerance(side: int) -> float:
+    return max(BORDER_TOLERANCE_PX, BORDER_TOLERANCE_FRACTION * side)
 
 
 def _format_box(coords: Box) -> str:
@@ -391,7 +420,7 @@ def _read_voc(root: Path, log: ProblemLog) -> RawDataset:
     if not annotations.is_dir():
         log.report("missing-annotation", annotations, "Pascal VOC needs an Annotations/ folder of XML files")
         return RawDataset([])
-    listed = _voc_listed_ids(root / "ImageSets" / "Main")
+    listed = _voc_listed_ids(root / "ImageSets" / "Main", log)
     if listed is None:
         listed = [(xml.stem, None) for xml in sorted(annotations.glob("*.xml"))]
     images = []
@@ -403,7 +432,7 @@ def _read_voc(root: Path, log: ProblemLog) -> RawDataset:
     return RawDataset(images)
 
 
-def _voc_listed_ids(main: Path) -> list[tuple[str, str | None]] | None:
+def _voc_listed_ids(main: Path, log: ProblemLog) -> list[tuple[str, str | None]] | None:
     """Image ids with their split from ImageSets/Main, or ``None`` when it has no train list.
 
     ``train`` is trainval.txt, else train.txt plus val.txt; ``test`` is test.txt. Without test.txt
@@ -416,14 +445,24 @@ def _voc_listed_ids(main: Path) -> list[tuple[str, str | None]] | None:
         return None
     test_file = main / "test.txt"
     has_test = test_file.is_file()
-    listed = [(image_id, "train" if has_test else None) for path in train_files for image_id in _first_words(path)]
+    tag = "train" if has_test else None
+    listed = [(image_id, tag) for path in train_files for image_id in _first_words(path, log)]
     if has_test:
-        listed += [(image_id, "test") for image_id in _first_words(test_file)]
+        listed += [(image_id, "test") for image_id in _first_words(test_file, log)]
     return listed
 
 
-def _first_words(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+def _first_words(path: Path, log: ProblemLog) -> list[str]:
+    return [line.split()[0] for line in (_text(path, log) or "").splitlines() if line.strip()]
+
+
+def _text(path: Path, log: ProblemLog) -> str | None:
+    """The file's text, or ``None`` when it is not UTF-8 (reported as a bad annotation)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        log.report("bad-annotation", path, f"not UTF-8 text ({err.reason} at byte {err.start})")
+        return None
 
 
 def _read_voc_xml(root: Path, xml: Path, log: ProblemLog) -> RawImage | None:
@@ -466,9 +505,9 @@ def _read_coco(root: Path, log: ProblemLog) -> RawDataset:
     try:
         content = json.loads(json_file.read_text())
         categories = {category["id"]: str(category["name"]) for category in content["categories"]}
-        file_names = {image["id"]: image["file_name"] for image in content["images"]}
-        annotations = list(content.get("annotations", []))
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        file_names = {image["id"]: _text_field(image["file_name"]) for image in content["images"]}
+        annotations = [_object(annotation) for annotation in content.get("annotations", [])]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         log.report("bad-annotation", json_file, f"not a COCO instances file ({type(err).__name__}: {err})")
         return RawDataset([])
     image_dir = root / "images" if (root / "images").is_dir() else json_file.parent
@@ -477,6 +516,18 @@ def _read_coco(root: Path, log: ProblemLog) -> RawDataset:
         RawImage(image_dir / name, boxes[image_id]) for image_id, name in file_names.items() if image_id not in broken
     ]
     return RawDataset(images, classes=list(dict.fromkeys(categories.values())))
+
+
+def _text_field(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _object(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return value
 
 
 def _coco_json(root: Path, log: ProblemLog) -> Path | None:
@@ -501,7 +552,7 @@ def _coco_boxes(
     broken: set[object] = set()
     for annotation in annotations:
         image_id, name = annotation.get("image_id"), f"annotation {annotation.get('id')}"
-        if image_id not in boxes:
+        if not isinstance(image_id, Hashable) or image_id not in boxes:
             log.report("bad-annotation", json_file, f"{name} refers to unknown image_id {image_id}")
             continue
         try:
@@ -511,7 +562,8 @@ def _coco_boxes(
             broken.add(image_id)
             continue
         category = annotation.get("category_id")
-        box = RawBox(categories.get(category), f"category_id {category}", (x, y, x + width, y + height))
+        label = categories.get(category) if isinstance(category, Hashable) else None
+        box = RawBox(label, f"category_id {category}", (x, y, x + width, y + height))
         boxes[image_id].append(box)
     return boxes, broken
 
@@ -556,15 +608,18 @@ def _yolo_names(root: Path, log: ProblemLog) -> dict[int, str] | None:
         return _yolo_yaml_names(data_yaml, log)
     for classes_txt in (root / "classes.txt", root / "labels" / "classes.txt"):
         if classes_txt.is_file():
-            lines = [line.strip() for line in classes_txt.read_text().splitlines() if line.strip()]
-            return dict(enumerate(lines))
+            text = _text(classes_txt, log)
+            return None if text is None else dict(enumerate(line.strip() for line in text.splitlines() if line.strip()))
     log.report("missing-annotation", data_yaml, "YOLO needs class names: data.yaml with 'names:', or classes.txt")
     return None
 
 
 def _yolo_yaml_names(data_yaml: Path, log: ProblemLog) -> dict[int, str] | None:
+    text = _text(data_yaml, log)
+    if text is None:
+        return None
     try:
-        names = yaml.safe_load(data_yaml.read_text())["names"]
+        names = yaml.safe_load(text)["names"]
         if isinstance(names, list):
             return {index: str(name) for index, name in enumerate(names)}
         if isinstance(names, dict):
@@ -599,8 +654,11 @@ def _read_yolo_labels(label_file: Path, names: dict[int, str] | None, log: Probl
     """Boxes of one label file (``class cx cy w h``, normalised); ``None`` when a line is bad (reported)."""
     if not label_file.is_file():
         return []
+    text = _text(label_file, log)
+    if text is None:
+        return None
     boxes = []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -626,14 +684,20 @@ def _read_csv(root: Path, log: ProblemLog) -> RawDataset:
         log.report("missing-annotation", table, f"the CSV format needs boxes.csv with columns {','.join(CSV_COLUMNS)}")
         return RawDataset([])
     image_dir = root / "images" if (root / "images").is_dir() else root
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        rows = csv.DictReader(handle)
+    text = _text(table, log)
+    if text is None:
+        return RawDataset([])
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [column for column in CSV_COLUMNS if column not in (rows.fieldnames or [])]
         if missing:
             detail = f"missing column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}"
             log.report("bad-annotation", table, detail)
             return RawDataset([])
         boxes, broken = _csv_boxes(rows, table, log)
+    except csv.Error as err:
+        log.report("bad-annotation", table, f"not a CSV table ({err})")
+        return RawDataset([])
     listed = [RawImage(image_dir / name, image_boxes) for name, image_boxes in boxes.items() if name not in broken]
     named = boxes.keys() | broken
     unlisted = [
