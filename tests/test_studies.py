@@ -87,7 +87,7 @@ def test_sensitivity_prunes_one_group_at_a_time_for_every_row(tiny_setup):
     assert reference.nunique() == 1  # every drop is against the same unpruned validation top-1
 
 
-def test_latency_is_measured_once_per_distinct_shape(tiny_setup):
+def test_latency_is_measured_once_per_distinct_shape(tiny_setup, tmp_path):
     params, task, model = tiny_setup
     params = {**params, "evaluate": {"latency_batches": [2], "latency_reps": 1}}
     example = torch.zeros(1, 3, 32, 32)
@@ -100,15 +100,20 @@ def test_latency_is_measured_once_per_distinct_shape(tiny_setup):
         criterion.compute(copy)
         report = prune_model(copy, criterion, ratio, example, global_pruning=spec.global_ranking, round_to=None)
         pruned[name] = copy
-        runs.append({"run": name, "criterion": name, "ratio": ratio, "filters_after": report.filters_after,
-                     "macs": report.macs_after, "params": report.params_after})
+        runs.append({"run": name, "task": "t", "seed": 0 if name != "l1-global" else 1, "criterion": name,
+                     "ratio": ratio, "filters_after": report.filters_after, "macs": report.macs_after,
+                     "params": report.params_after})
     loaded = []
-    table = studies.latency_by_shape(params, runs, lambda run: loaded.append(run) or pruned[run], model)
+    table = studies.latency_by_shape(params, runs, lambda run: loaded.append(run) or pruned[run], model,
+                                     onnx_dir=tmp_path)
     shapes = {studies.shape_key(run["filters_after"]) for run in runs}
     assert len(table) == len(shapes) == len(loaded)
     local = table[table["rows"].str.contains("bn-scale")]
     assert local["rows"].iloc[0] == "bn-scale;l1"  # one latency for the two local rows of identical shape
     assert (table["speedup_cpu_b2"] > 0).all()
+    # ONNX Runtime: the first task's first seed only (l1-global here ran on another seed)
+    assert local["speedup_ort_b2"].iloc[0] > 0 and (tmp_path / "l1.onnx").is_file()
+    assert table.loc[table["rows"] == "l1-global", "speedup_ort_b2"].isna().all()
 
 
 def test_reinitialise_draws_fresh_weights_from_the_seed():

@@ -283,7 +283,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
         record = read_json(Path(args.runs) / f"{run}.json")
         runs.append({**record, "run": run})
     table = studies.latency_by_shape(params, runs, lambda run: _model_of(args.models, run, params),
-                                     _task_model(params, task, args.model))
+                                     _task_model(params, task, args.model), Path(args.onnx) if args.onnx else None)
     _write_csv(args.out, table)
 
 
@@ -429,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
          PARAMS, DATA, MODEL, OUT, THREADS)
     _add(sub, "latency", cmd_latency, "CPU latency of each distinct pruned architecture against the unpruned model.",
          PARAMS, DATA, MODEL, OUT, THREADS, ("--runs", {"required": True, "help": "folder of evaluation files"}),
-         ("--models", {"required": True, "help": "folder of fine-tuned models"}))
+         ("--models", {"required": True, "help": "folder of fine-tuned models"}),
+         ("--onnx", {"default": None, "help": "also export the first task's first-seed models here and time them "
+                                             "under ONNX Runtime"}))
     _add(sub, "export", cmd_export, "Export a (pruned) model to ONNX, batch axis dynamic.",
          PARAMS, MODEL, OUT)
     _add(sub, "report", cmd_report, "Tables and figures from the evaluation files the params ask for.",

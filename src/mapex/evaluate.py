@@ -138,12 +138,19 @@ def ort_session(model: nn.Module, input_size: InputSize) -> "onnxruntime.Inferen
 
     from mapex.export import export_onnx
 
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", input_size)
+        return onnxruntime.InferenceSession(str(path), ort_options(), providers=["CPUExecutionProvider"])
+
+
+def ort_options() -> "onnxruntime.SessionOptions":
+    """ONNX Runtime session options: torch's CPU thread count inside ops, one thread across them."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    with tempfile.TemporaryDirectory() as folder:
-        path = export_onnx(model, Path(folder) / "model.onnx", input_size)
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def measure_latency_ort(session: "onnxruntime.InferenceSession", batch: int, input_size: InputSize,
@@ -178,10 +185,26 @@ def interleaved_latency(first: nn.Module, second: nn.Module, batch: int, input_s
     """
     cpu = torch.device("cpu")
     forward_passes = [_deployed_forward_pass(model, batch, input_size, cpu) for model in (first, second)]
+    return _alternating_medians(forward_passes, reps, warmup)
+
+
+def interleaved_latency_ort(first: "onnxruntime.InferenceSession", second: "onnxruntime.InferenceSession",
+                            batch: int, input_size: InputSize, reps: int, warmup: int = 3) -> tuple[float, float]:
+    """Like :func:`interleaved_latency`, for two :func:`ort_session` runs."""
+    runs = []
+    for session in (first, second):
+        model_input = session.get_inputs()[0]
+        feed = {model_input.name: random_images(batch, model_input.shape[1], input_size).numpy()}
+        runs.append(lambda session=session, feed=feed: session.run(None, feed))
+    return _alternating_medians(runs, reps, warmup)
+
+
+def _alternating_medians(runs: list[Callable[[], Any]], reps: int, warmup: int) -> tuple[float, float]:
+    """Median milliseconds of each of two callables, called alternately ``warmup + reps`` times."""
     times: list[list[float]] = [[], []]
     for rep in range(warmup + reps):
-        for forward_pass, measured in zip(forward_passes, times):
-            elapsed = _median_ms(forward_pass, warmup=0, reps=1)
+        for run, measured in zip(runs, times):
+            elapsed = _median_ms(run, warmup=0, reps=1)
             if rep >= warmup:
                 measured.append(elapsed)
     return statistics.median(times[0]), statistics.median(times[1])

@@ -152,35 +152,74 @@ def shape_key(filters_after: dict[str, int]) -> str:
 
 
 def latency_by_shape(params: dict[str, Any], runs: Iterable[dict[str, Any]], load_model: Callable[[str], nn.Module],
-                     reference: nn.Module) -> pd.DataFrame:
+                     reference: nn.Module, onnx_dir: Path | None = None) -> pd.DataFrame:
     """CPU latency of each distinct pruned architecture, once, interleaved with the unpruned model.
 
-    ``runs`` are evaluation records (with ``run``, ``criterion``, ``ratio``, ``filters_after``,
-    ``macs``, ``params``); ``load_model(run)`` loads that run's model. Models of identical shapes
-    have identical latency, so each shape is timed once: per repetition, one forward pass of the
-    unpruned model, then one of the pruned model, alternating, and the median of each
-    (``evaluate.latency_reps`` repetitions after warm-up). The speedup is their ratio in one process.
+    ``runs`` are evaluation records (with ``run``, ``task``, ``seed``, ``criterion``, ``ratio``,
+    ``filters_after``, ``macs``, ``params``); ``load_model(run)`` loads that run's model. Models
+    of identical shapes have identical latency, so each shape is timed once: per repetition, one
+    forward pass of the unpruned model, then one of the pruned model, alternating, and the median
+    of each (``evaluate.latency_reps`` repetitions after warm-up), as deployed (BN folded). The
+    speedup is their ratio in one process.
+
+    With ``onnx_dir``, the shapes of the first task's first seed (one per row and ratio) are also
+    exported to ``onnx_dir/<run>.onnx`` and timed under ONNX Runtime the same way (the other
+    shapes, e.g. global ranking's per-seed ones, are not: each export costs seconds).
     """
     from mapex.evaluate import count_macs, interleaved_latency
 
+    runs = list(runs)
     shapes: dict[tuple[float, str], list[dict[str, Any]]] = {}
     for run in runs:
         if run["criterion"] != "none":
             shapes.setdefault((run["ratio"], shape_key(run["filters_after"])), []).append(run)
     size = experiment.input_size(params)
     reference_macs = count_macs(reference, size)
+    exported = _representatives(runs) if onnx_dir is not None else set()
+    reference_session = _session(reference, onnx_dir / "unpruned.onnx", size) if exported else None
     records = []
     for (ratio, key), members in sorted(shapes.items()):
-        model = load_model(members[0]["run"])
+        chosen = next((m for m in members if m["run"] in exported), members[0])
+        model = load_model(chosen["run"])
         record: dict[str, Any] = {
             "ratio": ratio, "shape": key, "rows": ";".join(sorted({m["criterion"] for m in members})),
-            "runs": len(members), "macs": members[0]["macs"], "params": members[0]["params"],
-            "mac_reduction": reference_macs / members[0]["macs"],
+            "runs": len(members), "macs": chosen["macs"], "params": chosen["params"],
+            "mac_reduction": reference_macs / chosen["macs"],
         }
+        session = _session(model, onnx_dir / f"{chosen['run']}.onnx", size) if chosen["run"] in exported else None
         for batch in params["evaluate"]["latency_batches"]:
-            unpruned, pruned = interleaved_latency(reference, model, batch, size, params["evaluate"]["latency_reps"])
-            record.update({f"latency_ms_cpu_b{batch}": pruned, f"latency_ms_cpu_b{batch}_unpruned": unpruned,
-                           f"speedup_cpu_b{batch}": unpruned / pruned})
+            record.update(_speed(interleaved_latency(reference, model, batch, size, params["evaluate"]["latency_reps"]),
+                                 "cpu", batch))
+            if session is not None:
+                record.update(_speed(_ort_latency(reference_session, session, batch, size, params), "ort", batch))
         records.append(record)
         log.info("latency %s", record)
     return pd.DataFrame.from_records(records)
+
+
+def _representatives(runs: list[dict[str, Any]]) -> set[str]:
+    """The runs of the first task and first seed (one model per row and ratio)."""
+    first = runs[0]
+    return {run["run"] for run in runs if run["task"] == first["task"] and run["seed"] == first["seed"]}
+
+
+def _session(model: nn.Module, path: Path, size: tuple[int, int]):
+    import onnxruntime
+
+    from mapex.evaluate import ort_options
+    from mapex.export import export_onnx
+
+    export_onnx(model, path, size)
+    return onnxruntime.InferenceSession(str(path), ort_options(), providers=["CPUExecutionProvider"])
+
+
+def _ort_latency(reference, session, batch: int, size: tuple[int, int], params: dict[str, Any]) -> tuple[float, float]:
+    from mapex.evaluate import interleaved_latency_ort
+
+    return interleaved_latency_ort(reference, session, batch, size, params["evaluate"]["latency_reps"])
+
+
+def _speed(times: tuple[float, float], backend: str, batch: int) -> dict[str, float]:
+    unpruned, pruned = times
+    return {f"latency_ms_{backend}_b{batch}": pruned, f"latency_ms_{backend}_b{batch}_unpruned": unpruned,
+            f"speedup_{backend}_b{batch}": unpruned / pruned}

@@ -67,7 +67,8 @@ rule latency:
         runs=run_files("results/runs", ".json"),
         models=run_files("work/models", ".pt"),
     output:
-        "results/latency.csv",
+        table="results/latency.csv",
+        onnx=directory("work/onnx"),
     conda:
         "../envs/mapex.yaml"
     params:
@@ -78,7 +79,7 @@ rule latency:
     threads: workflow.cores
     shell:
         "mapex --log {log} latency --params {params.file} --data {input.data} --model {input.model}"
-        " --runs results/runs --models work/models --out {output} --threads {threads}"
+        " --runs results/runs --models work/models --onnx {output.onnx} --out {output.table} --threads {threads}"
 
 
 rule samples_study:
