@@ -371,6 +371,16 @@ def test_latency_table_optional_backend_and_errors(tmp_path: Path) -> None:
     table = report.latency_table(path)
     assert table["speedup_ort_b8"].tolist() == pytest.approx([2.5] * 3)
     assert table["mac_reduction"].isna().all()
+    # ONNX Runtime is timed on some shapes only: its empty cells stay empty, the CPU ones may not
+    frame.loc[1, ["latency_ms_ort_b8", "latency_ms_ort_b8_unpruned"]] = None
+    frame.to_csv(path, index=False)
+    timed = report.latency_table(path).set_index("shape")["speedup_ort_b8"]
+    assert timed.isna().to_dict() == {"g30": True, "w30": False, "w60": False}
+    frame.loc[1, "latency_ms_cpu_b1"] = None
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match="column 'latency_ms_cpu_b1' has non-numeric value"):
+        report.latency_table(path)
+    frame.loc[1, "latency_ms_cpu_b1"] = 1.0
     frame.drop(columns="latency_ms_ort_b8_unpruned").to_csv(path, index=False)
     with pytest.raises(UserError, match=r"latency.csv: missing columns \['latency_ms_ort_b8_unpruned'\]"):
         report.latency_table(path)

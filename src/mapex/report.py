@@ -530,10 +530,12 @@ def _read_sanity_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _numeric(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
+def _numeric(path: Path, frame: pd.DataFrame, column: str, optional: bool = False) -> pd.Series:
+    """``frame[column]`` as floats; a value that is not a number is an error, an empty cell too unless ``optional``."""
     values = pd.to_numeric(frame[column], errors="coerce")
-    if values.isna().any():
-        raise UserError(f"{path}: column '{column}' has non-numeric value {frame.loc[values.isna(), column].iloc[0]!r}")
+    bad = values.isna() & (frame[column].notna() if optional else True)
+    if bad.any():
+        raise UserError(f"{path}: column '{column}' has non-numeric value {frame.loc[bad, column].iloc[0]!r}")
     return values.astype(float)
 
 
@@ -582,7 +584,9 @@ def latency_table(csv_path: Path, unpruned_macs: float | None = None) -> pd.Data
     measured backend and batch B, ``latency_ms_<backend>_b<B>`` and ``latency_ms_<backend>_b<B>_unpruned``
     (any batches; e.g. ``cpu`` and ``ort``). Rows sharing a shape share one measurement, so a
     (ratio, shape) given twice is an error. ``speedup_<backend>_b<B>`` = unpruned / pruned
-    latency; ``mac_reduction`` = ``unpruned_macs`` / ``macs`` (left empty without it).
+    latency; ``mac_reduction`` = ``unpruned_macs`` / ``macs`` (left empty without it). Only ``cpu``
+    columns must be filled for every shape: the latency study times other backends (ONNX Runtime)
+    on some shapes only, and leaves the others empty.
     """
     path = Path(csv_path)
     frame = _read_csv(path, ("ratio", "shape", "rows", "macs", "params"))
@@ -603,7 +607,9 @@ def latency_table(csv_path: Path, unpruned_macs: float | None = None) -> pd.Data
     })
     table["mac_reduction"] = (unpruned_macs * 1e-6 / table["macs_m"]) if unpruned_macs else np.nan
     for column in sorted(measured, key=_latency_sort_key):
-        pruned, unpruned = _numeric(path, frame, column), _numeric(path, frame, f"{column}_unpruned")
+        optional = not column.startswith("latency_ms_cpu_")
+        pruned = _numeric(path, frame, column, optional)
+        unpruned = _numeric(path, frame, f"{column}_unpruned", optional)
         table[column] = pruned
         table[f"{column}_unpruned"] = unpruned
         table[column.replace("latency_ms_", "speedup_")] = unpruned / pruned
