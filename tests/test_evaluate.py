@@ -155,3 +155,20 @@ def test_measure_latency_leaves_the_model_as_it_was():
     model = _small_convnet().train()
     measure_latency(model, batch=2, input_size=8, device=CPU, warmup=0, reps=1)
     assert model.training and model[0].weight.is_contiguous()  # not switched to channels-last
+
+
+def test_recalibrate_batchnorm_sets_running_statistics_to_the_batches_mean_and_variance():
+    from mapex.evaluate import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    batches = [(torch.randn(8, 3, 6, 6) * 3 + 1,) for _ in range(3)]
+    model(batches[0][0])  # materialise the lazy layer
+    recalibrate_batchnorm(model, batches, torch.device("cpu"))
+    with torch.no_grad():
+        outputs = torch.cat([model[0](images) for (images,) in batches])
+    norm = model[1]
+    assert torch.allclose(norm.running_mean, outputs.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([model[0](images).var(dim=(0, 2, 3), unbiased=True) for (images,) in batches]).mean(0)
+    assert torch.allclose(norm.running_var, per_batch_var.detach(), atol=1e-4)
+    assert norm.momentum == 0.1 and not model.training

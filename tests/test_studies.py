@@ -23,8 +23,9 @@ def tiny_setup(tmp_path_factory, tiny_imagenet):
     params = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     params["model"] = {"arch": "tiny-resnet", "stem": "small", "pretrained": False}
     params["data"].update(max_per_class=15, max_test_per_class=4, image_size=32)
-    params["sanity"] = {"criteria": ["l1", "bn-scale", "l1-global"], "random_draws": 3}
-    params["sensitivity"] = {"criteria": ["l1", "random"], "fraction": 0.5}
+    params["sanity"] = {"criteria": ["l1", "bn-scale", "l1-global"], "ratios": [0.5], "random_draws": 3,
+                        "recalibrate_bn": 1}
+    params["sensitivity"] = {"criteria": ["l1", "random"], "fraction": 0.5, "recalibrate_bn": 1}
     params["prune"]["ratios"] = [0.5]
     path = tmp_path_factory.mktemp("params") / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -61,6 +61,25 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, progres
     if predictions:
         result["predictions"] = {"label": labels_seen, "pred": predicted}
     return result
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torch.device) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (``(images, ...)``) as a
+    plain average over them; weights are unchanged and the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+    model.train()
+    try:
+        for batch in batches:
+            model(batch[0].to(device))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
 
 
 def count_params(model: nn.Module) -> int:

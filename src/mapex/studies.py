@@ -23,16 +23,31 @@ Scores = dict[str, torch.Tensor]
 
 
 class _Evaluator:
-    """Validation top-1 of pruned copies of one task model, with the loader built once."""
+    """Validation top-1 of pruned copies of one task model, with the loaders built once.
 
-    def __init__(self, params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device) -> None:
+    With ``recalibrate_bn`` > 0, every model's BatchNorm statistics are first re-estimated on that
+    many batches of the task's training images (no weight changes; "adaptive BN", Li et al.,
+    EagleEye, ECCV 2020): a pruned network keeps statistics measured for channels it lost, which
+    alone can drop it to chance and hide what its criterion kept.
+    """
+
+    def __init__(self, params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device,
+                 recalibrate_bn: int = 0) -> None:
+        import itertools
+
         self.params, self.model, self.on = params, model.cpu(), on
-        self.val = experiment.loader(params, task.task_val, False, params["statistics"]["batch_size"], 0)
+        batch_size = params["statistics"]["batch_size"]
+        self.val = experiment.loader(params, task.task_val, False, batch_size, 0)
+        train = experiment.loader(params, task.task_train, False, batch_size, 0)
+        self.calibration = list(itertools.islice(train, recalibrate_bn))
 
     def accuracy(self, model: nn.Module) -> float:
-        from mapex.evaluate import accuracy
+        from mapex.evaluate import accuracy, recalibrate_batchnorm
 
-        return accuracy(model.to(self.on), self.val, self.on, progress=False)["top1"]
+        model.to(self.on)
+        if self.calibration:
+            recalibrate_batchnorm(model, self.calibration, self.on)
+        return accuracy(model, self.val, self.on, progress=False)["top1"]
 
     def pruned(self, spec: Row, scores: Scores, ratio: float, seed: int,
                keep: dict[str, int] | None = None) -> tuple[float, dict[str, int]]:
@@ -54,20 +69,21 @@ def negated(scores: Scores) -> Scores:
 
 def sanity_study(params: dict[str, Any], model: nn.Module, task: TaskData, task_name: str,
                  scores: dict[str, Scores], on: torch.device) -> pd.DataFrame:
-    """Validation top-1 before fine-tuning: each row's top-scored filters kept, its bottom-scored
-    filters kept, and ``sanity.random_draws`` random prunings at the top case's shapes.
+    """Validation top-1 before fine-tuning, at each of ``sanity.ratios``: each row's top-scored filters
+    kept, its bottom-scored filters kept, and ``sanity.random_draws`` random prunings at the top
+    case's shapes (BatchNorm statistics re-estimated first, see :class:`_Evaluator`).
 
     A criterion ranks filters only if top > random > bottom beyond the random draws' spread;
     the report decides that. Random draws are shared by rows whose top case has the same shapes
     (every local-ranking row at a ratio), so each is drawn once.
     """
-    evaluator = _Evaluator(params, model, task, on)
+    evaluator = _Evaluator(params, model, task, on, params["sanity"]["recalibrate_bn"])
     seed = params["seeds"][0]
     draws = params["sanity"]["random_draws"]
     random_spec = Row("random", "random")
     random_cache: dict[tuple, list[float]] = {}
     records = []
-    for ratio in params["prune"]["ratios"]:
+    for ratio in params["sanity"]["ratios"]:
         for name, row_scores in scores.items():
             spec = row(params, name)
             top, shapes = evaluator.pruned(spec, row_scores, ratio, seed)
@@ -97,7 +113,7 @@ def sensitivity_study(params: dict[str, Any], model: nn.Module, task: TaskData, 
     group's channels alone (by the row's scores), and the drop from the unpruned task model."""
     from mapex.prune import kept_count, prunable_groups
 
-    evaluator = _Evaluator(params, model, task, on)
+    evaluator = _Evaluator(params, model, task, on, params["sensitivity"]["recalibrate_bn"])
     fraction = params["sensitivity"]["fraction"]
     seed = params["seeds"][0]
     reference = evaluator.accuracy(copy.deepcopy(evaluator.model))

@@ -13,7 +13,8 @@ rule sanity:
         statistics=config["statistics"],
         criterion_options=config["criterion_options"],
         variants=config["variants"],
-        prune=config["prune"],
+        global_pruning=config["prune"]["global"],
+        round_to=config["prune"]["round_to"],
         sanity=config["sanity"],
         seeds=config["seeds"],
     log:
