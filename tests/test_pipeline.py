@@ -135,7 +135,7 @@ def _dry_run_jobs(*options: str) -> list[dict[str, str]]:
 def test_slurm_profile_sends_gpu_rules_to_the_gpu_partition_with_their_threads():
     jobs = _dry_run_jobs("--workflow-profile", "workflow/profiles/slurm")
     assert jobs, "the dry run listed no job"
-    gpu_rules = {"train_baseline", "scores", "run", "sanity", "sensitivity", "samples_study"}
+    gpu_rules = {"train_baseline", "scores", "run", "sanity", "sensitivity", "diagnose", "samples_study"}
     for job in jobs:
         resources = dict(item.split("=", 1) for item in job["resources"].split(", "))
         if job["rule"] in gpu_rules:
