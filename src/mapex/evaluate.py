@@ -289,9 +289,6 @@ def _synchronize(device: torch.device) -> None:
 
 def _cpu_name() -> str:
     """The CPU model from /proc/cpuinfo where there is one (Linux), else what the platform module says."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    from mapex.io import cpu_info
+
+    return cpu_info("model name") or platform.processor() or platform.machine()

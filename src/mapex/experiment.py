@@ -119,13 +119,13 @@ def environment(on: torch.device) -> dict[str, Any]:
     Results are bit-identical only for the same values here (see README, "Reproducibility").
     """
     import hashlib
+    from importlib.metadata import version
 
-    import torch_pruning
-    import torchvision
+    from mapex.io import cpu_info
 
-    flags = _cpu_field("flags")
+    flags = cpu_info("flags")
     return {
-        "cpu": _cpu_field("model name") or platform.processor() or platform.machine(),
+        "cpu": cpu_info("model name") or platform.processor() or platform.machine(),
         "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:12] if flags else None,
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -133,17 +133,6 @@ def environment(on: torch.device) -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(on) if on.type == "cuda" else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_pruning": getattr(torch_pruning, "__version__", "unknown"),
+        "torchvision": version("torchvision"),
+        "torch_pruning": version("torch-pruning"),
     }
-
-
-def _cpu_field(key: str) -> str:
-    """A field of /proc/cpuinfo's first processor ('' where there is none)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return ""
-    for line in cpuinfo.read_text().splitlines():
-        if line.split(":", 1)[0].strip() == key:
-            return line.split(":", 1)[1].strip()
-    return ""
