@@ -87,7 +87,7 @@ def test_snakemake_produces_every_table_and_figure(snakemake_tree):
 def test_dvc_repro_produces_the_same_numbers(snakemake_tree, dvc_tree):
     snake = _assert_results_complete(snakemake_tree).set_index(["task", "criterion", "ratio"])
     dvc = _assert_results_complete(dvc_tree).set_index(["task", "criterion", "ratio"])
-    columns = ["top1_pct_mean", "top1_pct_low", "top1_pct_high", "params_m", "macs_m"]
+    columns = ["top1_pct_mean", "top1_pct_low", "top1_pct_high", "params_m_mean", "macs_m_mean"]
     pd.testing.assert_frame_equal(snake[columns].sort_index(), dvc[columns].sort_index())
 
 
