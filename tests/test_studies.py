@@ -1,7 +1,5 @@
 """The studies: sanity check, per-layer sensitivity, latency per architecture, scratch rows."""
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
