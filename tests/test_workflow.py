@@ -144,9 +144,10 @@ def test_adding_a_ratio_under_dvc_reruns_only_the_new_stages(dvc_tree):
     runs = len(params["prune"]["criteria"]) * len(params["data"]["tasks"]) * len(params["seeds"])
     new_runs = [name for name in changed if name.startswith("run@")]
     assert len(new_runs) == runs and all("-0.45-" in name for name in new_runs), sorted(changed)
-    # the latency table and the report read every run
+    # the report's params changed; the latency table depends on the runs' folders, which change only
+    # once the new runs have written into them, so `dvc repro` reaches it then, not `dvc status` now
     others = sorted({name.split("@")[0] for name in changed if not name.startswith("run@")})
-    assert others == ["latency", "report"], sorted(changed)
+    assert others == ["report"], sorted(changed)
 
 
 def test_adding_a_ratio_reruns_only_the_new_runs_and_the_report(snakemake_tree):
