@@ -181,14 +181,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     _save_fitted(model, result, Path(args.out), Path(args.history), meta)
     after = accuracy(model.to(on), test_loader, on, predictions=True)
     pruning = report.to_dict() if report else {}
+    macs, n_params = (report.macs_after, report.params_after) if report else _count(model, params)
     write_json(args.metrics, {
         **after, **{key: meta[key] for key in ("task", "criterion", "ratio", "seed", "arch")},
         "base_criterion": spec.criterion, "options": spec.options, "global": spec.global_ranking,
         "scratch": spec.scratch,
         "val_top1": result.history[result.best_epoch - 1]["val_top1"], "best_epoch": result.best_epoch,
         "top1_before_finetune": before["top1"], "size_bytes": file_size(args.out),
-        "params": pruning.get("params_after") or _count(model, params)[1],
-        "macs": pruning.get("macs_after") or _count(model, params)[0],
+        "params": n_params, "macs": macs,
         "params_removed": pruning.get("params_removed", 0.0), "macs_removed": pruning.get("macs_removed", 0.0),
         "filters_before": pruning.get("filters_before", {}), "filters_after": pruning.get("filters_after", {}),
         "env": experiment.environment(on),

@@ -73,14 +73,18 @@ def compute_scores(params: dict[str, Any], model: nn.Module, spec: Row, index: B
     return {name: value.cpu() for name, value in scores.items()}
 
 
-def prune_task_model(params: dict[str, Any], model: nn.Module, spec: Row, scores: dict, ratio: float, seed: int):
-    """Physically prune ``model`` in place by ``spec``'s scores; returns Torch-Pruning's report."""
+def prune_task_model(params: dict[str, Any], model: nn.Module, spec: Row, scores: dict, ratio: float, seed: int,
+                     keep: dict[str, int] | None = None):
+    """Physically prune ``model`` in place by ``spec``'s scores; returns Torch-Pruning's report.
+
+    ``keep`` fixes the kept filters per conv instead of ``ratio`` (see :func:`mapex.prune.prune_model`).
+    """
     from mapex.prune import prune_model
 
     criterion = make_criterion(spec, seed, scores=scores)
     example = torch.zeros(1, 3, *input_size(params))
     return prune_model(model.cpu(), criterion, ratio, example, global_pruning=spec.global_ranking,
-                       round_to=params["prune"].get("round_to"))
+                       round_to=params["prune"].get("round_to"), keep=keep)
 
 
 def train_config(section: dict[str, Any], seed: int):

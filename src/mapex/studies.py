@@ -52,13 +52,8 @@ class _Evaluator:
     def pruned(self, spec: Row, scores: Scores, ratio: float, seed: int,
                keep: dict[str, int] | None = None) -> tuple[float, dict[str, int]]:
         """Validation top-1 of the task model pruned by ``scores``, and its filters per conv."""
-        from mapex.prune import prune_model
-
         pruned = copy.deepcopy(self.model)
-        criterion = experiment.make_criterion(spec, seed, scores=scores)
-        example = torch.zeros(1, 3, *experiment.input_size(self.params))
-        report = prune_model(pruned, criterion, ratio, example, global_pruning=spec.global_ranking,
-                             round_to=self.params["prune"].get("round_to"), keep=keep)
+        report = experiment.prune_task_model(self.params, pruned, spec, scores, ratio, seed, keep=keep)
         return self.accuracy(pruned), report.filters_after
 
 
