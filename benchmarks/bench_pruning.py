@@ -22,6 +22,7 @@ unfolded) and as it times it now, and the unfolded model alone with glibc's heap
 off (``mallopt``); each case runs in a fresh process, since the allocator's state depends on
 history. Last, the cost of one page fault on this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,10 +67,14 @@ def pruned_copy(model: nn.Module, ratio: float, size: int, round_to: int) -> nn.
 
 def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Module]:
     """Print MAC reduction, speedup and their ratio per pruning ratio; return the pruned models."""
-    print(f"ResNet-18, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"round_to={args.round_to}, BN folded, median of {args.reps} alternating runs")
-    header = (f"{'ratio':>5} {'MMACs before':>12} {'MMACs after':>11} {'MAC x':>6} {'ms before':>9} "
-              f"{'ms after':>8} {'speedup':>7} {'spd/MACx':>8} {'target':>6}  result")
+    print(
+        f"ResNet-18, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
+        f"round_to={args.round_to}, BN folded, median of {args.reps} alternating runs"
+    )
+    header = (
+        f"{'ratio':>5} {'MMACs before':>12} {'MMACs after':>11} {'MAC x':>6} {'ms before':>9} "
+        f"{'ms after':>8} {'speedup':>7} {'spd/MACx':>8} {'target':>6}  result"
+    )
     print(header)
     print("-" * len(header))
     macs_before = count_macs(model, args.size)
@@ -81,8 +86,10 @@ def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Mo
         mac_factor, speedup = macs_before / macs_after, before / after
         efficiency = speedup / mac_factor
         verdict = "PASS" if efficiency >= target(ratio) else "FAIL"
-        print(f"{ratio:>5.2f} {macs_before / 1e6:>12.1f} {macs_after / 1e6:>11.1f} {mac_factor:>6.2f} "
-              f"{before:>9.1f} {after:>8.1f} {speedup:>7.2f} {efficiency:>8.2f} {target(ratio):>6.2f}  {verdict}")
+        print(
+            f"{ratio:>5.2f} {macs_before / 1e6:>12.1f} {macs_after / 1e6:>11.1f} {mac_factor:>6.2f} "
+            f"{before:>9.1f} {after:>8.1f} {speedup:>7.2f} {efficiency:>8.2f} {target(ratio):>6.2f}  {verdict}"
+        )
     return pruned_models
 
 
@@ -112,19 +119,25 @@ def profile_table(model: nn.Module, pruned: nn.Module, ratio: float, args: argpa
     shaped_before, shaped_after = per_op_ms(model, args), per_op_ms(pruned, args)
     before, after = _by_op(shaped_before), _by_op(shaped_after)
     total_before, total_after = sum(before.values()), sum(after.values())
-    print(f"\nwhere the time goes at ratio {ratio} (self CPU ms per forward, torch.profiler; "
-          f"MAC reduction {count_macs(model, args.size) / count_macs(pruned, args.size):.2f}x)")
+    print(
+        f"\nwhere the time goes at ratio {ratio} (self CPU ms per forward, torch.profiler; "
+        f"MAC reduction {count_macs(model, args.size) / count_macs(pruned, args.size):.2f}x)"
+    )
     print(f"{'op':<32} {'ms before':>9} {'ms after':>8} {'before/after':>12} {'share after':>11}")
     for op in sorted(after, key=after.get, reverse=True)[:10]:
         ms_before = before.get(op, 0.0)
-        print(f"{op:<32} {ms_before:>9.2f} {after[op]:>8.2f} {ms_before / after[op]:>12.2f} "
-              f"{after[op] / total_after:>10.0%}")
+        print(
+            f"{op:<32} {ms_before:>9.2f} {after[op]:>8.2f} {ms_before / after[op]:>12.2f} "
+            f"{after[op] / total_after:>10.0%}"
+        )
     print(f"{'all ops':<32} {total_before:>9.2f} {total_after:>8.2f} {total_before / total_after:>12.2f}")
     unchanged = shaped_before.keys() & shaped_after.keys()
     unchanged_before = sum(shaped_before[key] for key in unchanged)
     unchanged_after = sum(shaped_after[key] for key in unchanged)
-    print(f"{'ops of unchanged shapes':<32} {unchanged_before:>9.2f} {unchanged_after:>8.2f} "
-          f"{unchanged_before / unchanged_after:>12.2f} {unchanged_after / total_after:>10.0%}")
+    print(
+        f"{'ops of unchanged shapes':<32} {unchanged_before:>9.2f} {unchanged_after:>8.2f} "
+        f"{unchanged_before / unchanged_after:>12.2f} {unchanged_after / total_after:>10.0%}"
+    )
     for op, shapes in sorted(unchanged, key=shaped_after.get, reverse=True)[:5]:
         print(f"  {op:<30} {shaped_before[op, shapes]:>9.2f} {shaped_after[op, shapes]:>8.2f}   {shapes[:60]}")
 
@@ -145,8 +158,12 @@ def _timed_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[float, int, 
         model(inputs)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return (wall * 1000.0, after.ru_minflt - before.ru_minflt, after.ru_nivcsw - before.ru_nivcsw,
-            (time.process_time() - cpu_before) / wall)
+    return (
+        wall * 1000.0,
+        after.ru_minflt - before.ru_minflt,
+        after.ru_nivcsw - before.ru_nivcsw,
+        (time.process_time() - cpu_before) / wall,
+    )
 
 
 def pruned_run_stats(pruned: nn.Module, unpruned: nn.Module | None, inputs: torch.Tensor, runs: int) -> RunStats:
@@ -208,8 +225,10 @@ def explain_case(case: str, args: argparse.Namespace) -> None:
 
 
 def explain_table(args: argparse.Namespace) -> None:
-    print(f"\nratio {args.ratios[-1]} model timed alone vs alternating with the unpruned one, one process per row "
-          f"(medians of {args.explain_runs} runs after {args.warmup} warm-up runs of both models)")
+    print(
+        f"\nratio {args.ratios[-1]} model timed alone vs alternating with the unpruned one, one process per row "
+        f"(medians of {args.explain_runs} runs after {args.warmup} warm-up runs of both models)"
+    )
     print(f"{'case':<24} {'ms':>7} {'page faults':>11} {'preempted':>9} {'cpu/wall':>8}", flush=True)
     for case in EXPLAIN_CASES:
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--explain-case", case], check=True)

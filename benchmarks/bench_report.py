@@ -10,6 +10,7 @@ Python loop that indexes the resampled ``[seeds, images]`` matrix one resample a
 same draws (so both give the same numbers, which is checked), in the same process, interleaved,
 and prints the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,17 @@ def synthetic_runs(folder: Path, tasks: int, seeds: int, images: int) -> list[Pa
             for ratio in (0.3, 0.5, 0.7):
                 for s in range(seeds):
                     correct = rng.uniform(size=images) < rng.uniform(0.6, 0.8)
-                    record = run_record(f"t{t}", name, ratio, s, 0.0, base_criterion=base, global_=name.endswith("global"),
-                                        val_top1=float(rng.uniform(0.6, 0.8)), correct=correct)
+                    record = run_record(
+                        f"t{t}",
+                        name,
+                        ratio,
+                        s,
+                        0.0,
+                        base_criterion=base,
+                        global_=name.endswith("global"),
+                        val_top1=float(rng.uniform(0.6, 0.8)),
+                        correct=correct,
+                    )
                     paths.append(write_run(folder, record))
     return paths
 
@@ -48,8 +58,12 @@ def synthetic_runs(folder: Path, tasks: int, seeds: int, images: int) -> list[Pa
 def loop_means(block: np.ndarray, seed_counts: np.ndarray, image_counts: np.ndarray) -> np.ndarray:
     """The reference: materialise each resampled matrix and take its mean."""
     seeds_idx, images_idx = np.arange(block.shape[0]), np.arange(block.shape[1])
-    return np.array([block[np.ix_(np.repeat(seeds_idx, sc.astype(int)), np.repeat(images_idx, ic.astype(int)))].mean()
-                     for sc, ic in zip(seed_counts, image_counts)])
+    return np.array(
+        [
+            block[np.ix_(np.repeat(seeds_idx, sc.astype(int)), np.repeat(images_idx, ic.astype(int)))].mean()
+            for sc, ic in zip(seed_counts, image_counts)
+        ]
+    )
 
 
 def main() -> None:
@@ -69,9 +83,11 @@ def main() -> None:
         summarised = time.perf_counter()
         comparisons = report.comparisons_table(runs)
         compared = time.perf_counter()
-    print(f"{len(paths)} runs x {args.images} images, {N_RESAMPLES} resamples: load {loaded - start:.2f} s, "
-          f"summary {summarised - loaded:.2f} s ({len(summary)} intervals), "
-          f"comparisons {compared - summarised:.2f} s ({len(comparisons)} intervals)")
+    print(
+        f"{len(paths)} runs x {args.images} images, {N_RESAMPLES} resamples: load {loaded - start:.2f} s, "
+        f"summary {summarised - loaded:.2f} s ({len(summary)} intervals), "
+        f"comparisons {compared - summarised:.2f} s ({len(comparisons)} intervals)"
+    )
 
     block = (np.random.default_rng(1).uniform(size=(args.seeds, args.images)) < 0.7).astype(float)
     resamples = 1000
@@ -86,9 +102,11 @@ def main() -> None:
         loop_times.append(time.perf_counter() - start)
     assert np.allclose(fast, slow), "the vectorised and the loop bootstrap disagree"
     fast_s, loop_s = min(fast_times), min(loop_times)
-    print(f"one interval, {resamples} resamples of [{args.seeds}, {args.images}]: vectorised {fast_s * 1e3:.2f} ms, "
-          f"loop {loop_s * 1e3:.1f} ms (min of {args.repeats}): {loop_s / fast_s:.0f}x faster "
-          f"(medians {stats.median(loop_times) / stats.median(fast_times):.0f}x)")
+    print(
+        f"one interval, {resamples} resamples of [{args.seeds}, {args.images}]: vectorised {fast_s * 1e3:.2f} ms, "
+        f"loop {loop_s * 1e3:.1f} ms (min of {args.repeats}): {loop_s / fast_s:.0f}x faster "
+        f"(medians {stats.median(loop_times) / stats.median(fast_times):.0f}x)"
+    )
 
 
 if __name__ == "__main__":

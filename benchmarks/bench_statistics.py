@@ -13,13 +13,14 @@ process, interleaved, over the same pre-built batches; the scoring time includes
 Wall-clock and process CPU times are both reported: on a shared machine the least disturbed
 repeat (the minimum) is the fairest estimate, and ``--threads 1`` CPU time the least noisy one.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics as stats
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -84,8 +85,12 @@ def main() -> None:
     parser.add_argument("--method", default="map-ex", choices=["map", "map-ex"])
     parser.add_argument("--field", default="theoretical", choices=FIELDS)
     parser.add_argument("--tap", default="consumed", choices=TAPS)
-    parser.add_argument("--baseline", default="forward", choices=["forward", "theoretical"],
-                        help="time against a forward pass, or against the scoring with the theoretical field")
+    parser.add_argument(
+        "--baseline",
+        default="forward",
+        choices=["forward", "theoretical"],
+        help="time against a forward pass, or against the scoring with the theoretical field",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
@@ -109,9 +114,11 @@ def main() -> None:
     for _ in range(args.repeats):
         rows.append((seconds(baseline), seconds(scores(args.field))))
 
-    print(f"resnet18, {sum(len(b[0]) for b in batches)} images of {args.size}x{args.size}, "
-          f"batch {args.batch_size}, method {args.method}, tap {args.tap}, field {args.field} "
-          f"against {args.baseline}, {args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"resnet18, {sum(len(b[0]) for b in batches)} images of {args.size}x{args.size}, "
+        f"batch {args.batch_size}, method {args.method}, tap {args.tap}, field {args.field} "
+        f"against {args.baseline}, {args.device}, {torch.get_num_threads()} threads"
+    )
     print_table(rows, *BASELINE_COLUMNS[args.baseline])
 
 
@@ -123,8 +130,10 @@ def print_table(rows: list[tuple[tuple[float, float], tuple[float, float]]], wal
     print(f"{'':>7} {wall:>10} {'scores s':>9} {'ratio':>6} {cpu:>10} {'scr cpu s':>10} {'ratio':>6}")
 
     def line(label: str, forward: tuple[float, float], scoring: tuple[float, float]) -> None:
-        print(f"{label:>7} {forward[0]:>10.3f} {scoring[0]:>9.3f} {scoring[0] / forward[0]:>6.2f} "
-              f"{forward[1]:>10.3f} {scoring[1]:>10.3f} {scoring[1] / forward[1]:>6.2f}")
+        print(
+            f"{label:>7} {forward[0]:>10.3f} {scoring[0]:>9.3f} {scoring[0] / forward[0]:>6.2f} "
+            f"{forward[1]:>10.3f} {scoring[1]:>10.3f} {scoring[1] / forward[1]:>6.2f}"
+        )
 
     for repeat, (forward, scoring) in enumerate(rows, 1):
         line(str(repeat), forward, scoring)

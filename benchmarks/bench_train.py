@@ -17,13 +17,14 @@ the ratio of CPU times, less disturbed by other processes), and the plain loop's
 one 9,000-image epoch (extrapolated from its median step), by which the project's wall times are
 normalised.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -43,8 +44,15 @@ EPOCH_IMAGES = 9000
 class PlainLoop:
     """A plain training loop: uint8 images on the device, augmented per batch as tensors."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, total_steps: int,
-                 device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: TrainConfig,
+        total_steps: int,
+        device: torch.device,
+        seed: int,
+    ) -> None:
         self.images, self.labels, self.device = images.to(device), labels.to(device), device
         self.batch_size, self.pad = config.batch_size, images.shape[-1] // 16
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -52,8 +60,13 @@ class PlainLoop:
         torch.manual_seed(seed)
         self.model = torchvision.models.resnet18(num_classes=int(labels.max()) + 1)
         self.model.to(device, memory_format=_memory_format(device)).train()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=True, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=total_steps)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.order = torch.randperm(len(images), device=device)
@@ -62,12 +75,12 @@ class PlainLoop:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.next + self.batch_size > len(self.order):
             self.order, self.next = torch.randperm(len(self.images), device=self.device), 0
-        chosen = self.order[self.next:self.next + self.batch_size]
+        chosen = self.order[self.next : self.next + self.batch_size]
         self.next += self.batch_size
         padded = nn.functional.pad(self.images[chosen], [self.pad] * 4)
         size, count = self.images.shape[-1], len(chosen)
         offsets = torch.randint(0, 2 * self.pad + 1, (count, 2)).tolist()
-        crops = torch.stack([padded[k, :, y:y + size, x:x + size] for k, (x, y) in enumerate(offsets)])
+        crops = torch.stack([padded[k, :, y : y + size, x : x + size] for k, (x, y) in enumerate(offsets)])
         flip = torch.rand(count, device=self.device) < 0.5
         crops = torch.where(flip[:, None, None, None], crops.flip(3), crops)
         images = (crops.float() / 255 - self.mean) / self.std
@@ -87,7 +100,9 @@ class PlainLoop:
 class ProjectLoop:
     """``mapex.train``'s epoch loop over a ``mapex.data`` loader, ``count`` steps at a time."""
 
-    def __init__(self, index, size: int, config: TrainConfig, total_steps: int, device: torch.device, seed: int) -> None:
+    def __init__(
+        self, index, size: int, config: TrainConfig, total_steps: int, device: torch.device, seed: int
+    ) -> None:
         self.loader = make_loader(index, size, train=True, batch_size=config.batch_size, seed=seed, cache=True)
         torch.manual_seed(seed)
         self.model = build_model("resnet18", len(index.classes), stem="imagenet")
@@ -99,8 +114,18 @@ class ProjectLoop:
 
     def steps(self, count: int) -> None:
         self.epoch += 1
-        _train_one_epoch(self.model, self.loader, self.optimizer, self.scheduler, self.criterion, count,
-                         self.device, self.epoch, Path("unused-checkpoint"), progress=False)
+        _train_one_epoch(
+            self.model,
+            self.loader,
+            self.optimizer,
+            self.scheduler,
+            self.criterion,
+            count,
+            self.device,
+            self.epoch,
+            Path("unused-checkpoint"),
+            progress=False,
+        )
 
 
 def decode_all(index, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,18 +172,23 @@ def main() -> None:
     }
     for loop in loops.values():
         seconds_per_step(loop, args.block, device)  # warm-up: allocator, thread pool, oneDNN kernels
-    print(f"resnet18 (imagenet stem), {len(index)} images of {args.size}x{args.size}, batch {args.batch_size}, "
-          f"{device}, {torch.get_num_threads()} threads, {rounds} rounds of {args.block} steps each")
+    print(
+        f"resnet18 (imagenet stem), {len(index)} images of {args.size}x{args.size}, batch {args.batch_size}, "
+        f"{device}, {torch.get_num_threads()} threads, {rounds} rounds of {args.block} steps each"
+    )
     times = alternate(loops, rounds, args.block, device)
     summarise(times, args.batch_size)
 
 
-def alternate(loops: dict[str, Callable[[int], None]], rounds: int, block: int,
-              device: torch.device) -> dict[str, list[Timing]]:
+def alternate(
+    loops: dict[str, Callable[[int], None]], rounds: int, block: int, device: torch.device
+) -> dict[str, list[Timing]]:
     """``rounds`` blocks of each loop, the order swapped every round; prints each round as it ends."""
     times: dict[str, list[Timing]] = {name: [] for name in loops}
-    print(f"{'round':>6} {'project s/step':>15} {'plain s/step':>13} {'ratio':>6}   "
-          f"{'project cpu s':>14} {'plain cpu s':>12} {'ratio':>6}")
+    print(
+        f"{'round':>6} {'project s/step':>15} {'plain s/step':>13} {'ratio':>6}   "
+        f"{'project cpu s':>14} {'plain cpu s':>12} {'ratio':>6}"
+    )
     for round_ in range(1, rounds + 1):
         for name in list(loops) if round_ % 2 else list(reversed(loops)):
             times[name].append(seconds_per_step(loops[name], block, device))
@@ -167,20 +197,29 @@ def alternate(loops: dict[str, Callable[[int], None]], rounds: int, block: int,
 
 
 def print_row(label: str, project: Timing, plain: Timing) -> None:
-    print(f"{label:>6} {project[0]:>15.4f} {plain[0]:>13.4f} {project[0] / plain[0]:>6.3f}   "
-          f"{project[1]:>14.4f} {plain[1]:>12.4f} {project[1] / plain[1]:>6.3f}", flush=True)
+    print(
+        f"{label:>6} {project[0]:>15.4f} {plain[0]:>13.4f} {project[0] / plain[0]:>6.3f}   "
+        f"{project[1]:>14.4f} {plain[1]:>12.4f} {project[1] / plain[1]:>6.3f}",
+        flush=True,
+    )
 
 
 def summarise(times: dict[str, list[Timing]], batch_size: int) -> None:
     """Medians, the ratio project/plain (of the median wall times: the verdict) and the plain epoch time."""
-    project, plain = ([statistics.median(t[kind] for t in times[name]) for kind in (0, 1)] for name in ("project", "plain"))
+    project, plain = (
+        [statistics.median(t[kind] for t in times[name]) for kind in (0, 1)] for name in ("project", "plain")
+    )
     print_row("median", project, plain)
     paired = statistics.median(p[0] / q[0] for p, q in zip(times["project"], times["plain"]))
     ratio = project[0] / plain[0]
-    print(f"ratio project/plain: {ratio:.3f} ({'PASS' if ratio <= TARGET else 'FAIL'}, target <= {TARGET}); "
-          f"median of the rounds' ratios {paired:.3f}, of CPU times {project[1] / plain[1]:.3f}")
-    print(f"plain loop, one {EPOCH_IMAGES:,}-image epoch: {plain[0] * EPOCH_IMAGES / batch_size:.1f} s "
-          f"({EPOCH_IMAGES / batch_size:.1f} steps of {plain[0]:.4f} s)")
+    print(
+        f"ratio project/plain: {ratio:.3f} ({'PASS' if ratio <= TARGET else 'FAIL'}, target <= {TARGET}); "
+        f"median of the rounds' ratios {paired:.3f}, of CPU times {project[1] / plain[1]:.3f}"
+    )
+    print(
+        f"plain loop, one {EPOCH_IMAGES:,}-image epoch: {plain[0] * EPOCH_IMAGES / batch_size:.1f} s "
+        f"({EPOCH_IMAGES / batch_size:.1f} steps of {plain[0]:.4f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,43 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def dry_run_jobs(output: str) -> list[dict[str, str]]:
+    """Each job of a Snakemake dry run's listing: {"rule", and its fields: "input", "output", "reason", ...}."""
+    jobs = []
+    for block in output.split("\nrule ")[1:]:
+        lines = block.split("\nShell command:")[0].splitlines()
+        fields = dict(line.strip().split(": ", 1) for line in lines[1:] if ": " in line)
+        jobs.append({"rule": block.split(":", 1)[0], **fields})
+    return jobs
+
+
+def same_files(files: set[str], tracked: frozenset[str]) -> bool:
+    """Every file is a tracked path or under one, and every tracked path is or holds one of the files
+    (DVC may track as a whole the folder that holds a rule's files)."""
+
+    def covers(path: str, file: str) -> bool:
+        return file == path or file.startswith(f"{path}/")
+
+    return all(any(covers(path, file) for path in tracked) for file in files) and all(
+        any(covers(path, file) for file in files) for path in tracked
+    )
+
+
+def dvc_stage_files(root: Path) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """Each DVC stage of ``root`` by name: (its file deps, its outputs: outs, metrics and plots)."""
+    from dvc.dependency import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {
+            stage.addressing: (
+                frozenset(dep.def_path for dep in stage.deps if not isinstance(dep, ParamsDependency)),
+                frozenset(out.def_path for out in stage.outs),
+            )
+            for stage in repo.index.stages
+        }
+
+
 @pytest.fixture(scope="session")
 def tiny_imagenet(tmp_path_factory) -> Path:
     """The embedded archive, extracted once per test session."""

@@ -1,4 +1,5 @@
 """Synthetic result files for the report tests, in the formats the pipeline writes."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,19 @@ def correct_pattern(n: int, accuracy: float, seed: int) -> np.ndarray:
     return (np.arange(n) + 7 * seed) % n < k
 
 
-def run_record(task: str, criterion: str, ratio: float, seed: int, accuracy: float, n: int = 20,
-               base_criterion: str | None = None, global_: bool = False, val_top1: float | None = None,
-               correct: np.ndarray | None = None, **extra) -> dict:
+def run_record(
+    task: str,
+    criterion: str,
+    ratio: float,
+    seed: int,
+    accuracy: float,
+    n: int = 20,
+    base_criterion: str | None = None,
+    global_: bool = False,
+    val_top1: float | None = None,
+    correct: np.ndarray | None = None,
+    **extra,
+) -> dict:
     """A complete run record; its predictions are right on ``correct`` (default :func:`correct_pattern`).
 
     Sizes shrink with ``ratio`` so that every metric is known by hand; global rows keep more
@@ -45,15 +56,29 @@ def run_record(task: str, criterion: str, ratio: float, seed: int, accuracy: flo
     kept = 1.0 - ratio
     factors = np.linspace(1.4, 0.6, len(LAYERS)) if global_ else np.ones(len(LAYERS))
     record = {
-        "task": task, "criterion": criterion, "base_criterion": base_criterion or criterion, "global": global_,
-        "ratio": ratio, "seed": seed, "arch": "tiny-cnn",
-        "top1": float(correct.mean()), "top5": 0.99, "n": len(correct),
-        "val_top1": accuracy if val_top1 is None else val_top1, "top1_before_finetune": float(correct.mean()) / 2,
-        "params": 1_000_000 * kept, "macs": 50_000_000 * kept, "size_bytes": 4_000_000 * kept,
-        "params_removed": ratio, "macs_removed": ratio, "best_epoch": 1,
+        "task": task,
+        "criterion": criterion,
+        "base_criterion": base_criterion or criterion,
+        "global": global_,
+        "ratio": ratio,
+        "seed": seed,
+        "arch": "tiny-cnn",
+        "top1": float(correct.mean()),
+        "top5": 0.99,
+        "n": len(correct),
+        "val_top1": accuracy if val_top1 is None else val_top1,
+        "top1_before_finetune": float(correct.mean()) / 2,
+        "params": 1_000_000 * kept,
+        "macs": 50_000_000 * kept,
+        "size_bytes": 4_000_000 * kept,
+        "params_removed": ratio,
+        "macs_removed": ratio,
+        "best_epoch": 1,
         "filters_before": dict(LAYERS),
-        "filters_after": {name: (n_filters if name == "conv1" else min(n_filters, round(n_filters * kept * f)))
-                          for (name, n_filters), f in zip(LAYERS.items(), factors)},
+        "filters_after": {
+            name: (n_filters if name == "conv1" else min(n_filters, round(n_filters * kept * f)))
+            for (name, n_filters), f in zip(LAYERS.items(), factors)
+        },
         "env": dict(ENV),
         "predictions": {"label": labels.tolist(), "pred": preds.tolist()},
     }
@@ -62,7 +87,9 @@ def run_record(task: str, criterion: str, ratio: float, seed: int, accuracy: flo
 
 def write_run(folder: Path, record: dict) -> Path:
     """Write ``record`` as ``<folder>/<task>/<criterion>/r<ratio>/s<seed>.json``."""
-    path = folder / record.get("task", "no-task") / record["criterion"] / f"r{record['ratio']}" / f"s{record['seed']}.json"
+    path = (
+        folder / record.get("task", "no-task") / record["criterion"] / f"r{record['ratio']}" / f"s{record['seed']}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
     return path
@@ -80,8 +107,12 @@ def standard_runs(folder: Path, extra_criterion: str | None = None) -> list[Path
     records = []
     for task, n in TASKS.items():
         records += [run_record(task, "none", 0.0, s, row_accuracy(0.90, task, 0.0, s), n) for s in SEEDS]
-        records += [run_record(task, name, ratio, s, row_accuracy(test, task, ratio, s), n, base, global_, val)
-                    for name, (base, global_, test, val) in rows.items() for ratio in RATIOS for s in SEEDS]
+        records += [
+            run_record(task, name, ratio, s, row_accuracy(test, task, ratio, s), n, base, global_, val)
+            for name, (base, global_, test, val) in rows.items()
+            for ratio in RATIOS
+            for s in SEEDS
+        ]
     return [write_run(folder, r) for r in records]
 
 
@@ -100,11 +131,13 @@ def write_sanity_csv(path: Path) -> Path:
 
 def write_latency_csv(path: Path) -> Path:
     """Two shapes at 0.3 (layer-wise rows share one; the global row has its own) and one at 0.6, batches 1 and 32."""
-    lines = ["ratio,shape,rows,macs,params,latency_ms_cpu_b1,latency_ms_cpu_b1_unpruned,"
-             "latency_ms_cpu_b32,latency_ms_cpu_b32_unpruned",
-             "0.3,w30,map-ex;l1;bn-scale;random,35000000,700000,1.5,2.0,40.0,100.0",
-             "0.3,g30,l1-global,25000000,600000,1.0,2.0,50.0,100.0",
-             "0.6,w60,map-ex;l1;bn-scale;random,20000000,400000,1.0,2.0,25.0,100.0"]
+    lines = [
+        "ratio,shape,rows,macs,params,latency_ms_cpu_b1,latency_ms_cpu_b1_unpruned,"
+        "latency_ms_cpu_b32,latency_ms_cpu_b32_unpruned",
+        "0.3,w30,map-ex;l1;bn-scale;random,35000000,700000,1.5,2.0,40.0,100.0",
+        "0.3,g30,l1-global,25000000,600000,1.0,2.0,50.0,100.0",
+        "0.6,w60,map-ex;l1;bn-scale;random,20000000,400000,1.0,2.0,25.0,100.0",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -147,9 +180,14 @@ def write_response_npz(path: Path, n: int = 2, size: int = 32) -> Path:
         maps[i, 0] = np.exp(-(((xx - (x0 + x1) / 2) ** 2 + (yy - (y0 + y1) / 2) ** 2) / 40.0))
         maps[i, 1] = 0.1 * (~inside)
         boxes.append([i, x0, y0, x1, y1])
-    np.savez(path, images=images, boxes=np.array(boxes, float), maps=maps,
-             panel_titles=np.array(["layer3.0.conv1\ntop 10% filters", "layer3.0.conv1\nbottom 10% filters"]),
-             image_titles=np.array([f"class {i}" for i in range(n)]))
+    np.savez(
+        path,
+        images=images,
+        boxes=np.array(boxes, float),
+        maps=maps,
+        panel_titles=np.array(["layer3.0.conv1\ntop 10% filters", "layer3.0.conv1\nbottom 10% filters"]),
+        image_titles=np.array([f"class {i}" for i in range(n)]),
+    )
     return path
 
 

@@ -1,23 +1,23 @@
 """A tiny dataset, params and the files every stage writes (baseline, scores, fine-tuned models,
 evaluation files), made once through the CLI in-process, for the tests that feed the CLI bad
 versions of them."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from unittest import mock
 
 import pytest
 import yaml
 from PIL import Image
 
-from mapex.cli import main
-
 from conftest import REPO
+from mapex.cli import main
 
 CLASSES = ("ant", "bee", "cat")
 TASK = "ac"
@@ -43,8 +43,24 @@ class Pipeline:
         return {
             "train": ["train", *common, "--out", "base2.pt", "--metrics", "m.json", "--history", "h.csv"],
             "scores": ["scores", *model, "--criterion", "l1", "--seed", "0", "--out", "s2.pt"],
-            "run": ["run", *model, "--scores", self.scores, "--criterion", "l1", "--ratio", "0.5", "--seed", "0",
-                    "--out", "t2.pt", "--history", "h2.csv", "--metrics", "run.json"],
+            "run": [
+                "run",
+                *model,
+                "--scores",
+                self.scores,
+                "--criterion",
+                "l1",
+                "--ratio",
+                "0.5",
+                "--seed",
+                "0",
+                "--out",
+                "t2.pt",
+                "--history",
+                "h2.csv",
+                "--metrics",
+                "run.json",
+            ],
             "sanity": ["sanity", *model, "--out", "sanity.csv"],
             "diagnose": ["diagnose", *model, "--out", "diagnosis.csv"],
             "sensitivity": ["sensitivity", *model, "--out", "sensitivity.csv"],
@@ -77,8 +93,14 @@ def write_csv_dataset(root: Path, per_class: int = 8, size: int = 24) -> Path:
 def tiny_params(**sections: dict) -> dict:
     """config/ci.yaml cut down to a tiny CNN, one task, one l1 row at ratio 0.5, one epoch."""
     params = yaml.safe_load((REPO / "config/ci.yaml").read_text())
-    params["data"].update(format="csv", image_size=24, val_fraction=0.25, max_per_class=None,
-                          max_test_per_class=None, tasks=[{"name": TASK, "classes": ["ant", "cat"]}])
+    params["data"].update(
+        format="csv",
+        image_size=24,
+        val_fraction=0.25,
+        max_per_class=None,
+        max_test_per_class=None,
+        tasks=[{"name": TASK, "classes": ["ant", "cat"]}],
+    )
     params["model"] = {"arch": "tiny-cnn", "stem": "small", "pretrained": False}
     params["device"] = "cpu"
     for name in ("train", "finetune"):
@@ -107,11 +129,33 @@ def working_in(folder: Path) -> Iterator[None]:
 def run_argv(pipeline: Pipeline, out: str, criterion: str = "l1", ratio: str = "0.5") -> list[str]:
     """``mapex run`` of one row into ``out`` (its evaluation file beside it under runs/)."""
     scores = ["--scores", pipeline.scores] if criterion != "none" else []
-    metrics = Path("runs") / Path(out).relative_to("models").with_suffix(".json") if out.startswith("models") \
+    metrics = (
+        Path("runs") / Path(out).relative_to("models").with_suffix(".json")
+        if out.startswith("models")
         else Path("run.json")
-    return ["run", "--params", pipeline.params, "--data", pipeline.data, "--model", pipeline.baseline, *scores,
-            "--criterion", criterion, "--ratio", ratio, "--seed", "0", "--out", out, "--history", "h.csv",
-            "--metrics", str(metrics)]
+    )
+    return [
+        "run",
+        "--params",
+        pipeline.params,
+        "--data",
+        pipeline.data,
+        "--model",
+        pipeline.baseline,
+        *scores,
+        "--criterion",
+        criterion,
+        "--ratio",
+        ratio,
+        "--seed",
+        "0",
+        "--out",
+        out,
+        "--history",
+        "h.csv",
+        "--metrics",
+        str(metrics),
+    ]
 
 
 def make_pipeline(root: Path) -> Pipeline:
@@ -123,8 +167,18 @@ def make_pipeline(root: Path) -> Pipeline:
     with working_in(root):
         for argv in (
             ["train", *common, "--out", pipeline.baseline, "--metrics", "base.json", "--history", "base.csv"],
-            ["scores", *common, "--model", pipeline.baseline, "--criterion", "l1", "--seed", "0",
-             "--out", pipeline.scores],
+            [
+                "scores",
+                *common,
+                "--model",
+                pipeline.baseline,
+                "--criterion",
+                "l1",
+                "--seed",
+                "0",
+                "--out",
+                pipeline.scores,
+            ],
             run_argv(pipeline, TUNED),
             run_argv(pipeline, UNPRUNED, criterion="none", ratio="0"),
         ):

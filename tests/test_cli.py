@@ -1,17 +1,17 @@
 """The CLI: subcommands, one-line errors for bad config, before any computation."""
+
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import REPO
 from mapex.cli import main
-from mapex.data.task import load_task_data
 from mapex.config import load_params
+from mapex.data.task import load_task_data
 from mapex.io import UserError
 from mapex.prune import load_pruned
-
-from conftest import REPO
 
 
 def _params(tmp_path: Path, **edits) -> Path:
@@ -26,8 +26,19 @@ def _params(tmp_path: Path, **edits) -> Path:
 
 def test_help_lists_every_stage():
     output = subprocess.run(["mapex", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("fetch", "data", "train", "scores", "run", "sanity", "sensitivity", "samples",
-                    "response-maps", "latency", "report"):
+    for command in (
+        "fetch",
+        "data",
+        "train",
+        "scores",
+        "run",
+        "sanity",
+        "sensitivity",
+        "samples",
+        "response-maps",
+        "latency",
+        "report",
+    ):
         assert command in output
     module = subprocess.run(["python", "-m", "mapex", "--help"], capture_output=True, text=True, check=True).stdout
     assert "response-maps" in module
@@ -40,7 +51,10 @@ def test_help_lists_every_stage():
         ({"variants__l1": {"criterion": "l1"}}, "variants.l1: a variant may not take the name of a registered"),
         ({"variants__odd": {"criterion": "map-ex", "score": "median"}}, "odd: score 'median' is not one of diff"),
         ({"variants__odd": {"criterion": "l1", "score": "diff"}}, "odd: criterion 'l1' has no option 'score'"),
-        ({"variants__odd": {"criterion": "map-ex", "score": "contrast", "tap": "consumed"}}, "odd: score 'contrast' needs tap 'nonneg'"),
+        (
+            {"variants__odd": {"criterion": "map-ex", "score": "contrast", "tap": "consumed"}},
+            "odd: score 'contrast' needs tap 'nonneg'",
+        ),
         ({"prune__ratios": [0.5, 1.5]}, "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
         ({"prune__ratios": [0.0]}, "prune.ratios[0]: 0.0 is less than or equal to the minimum of 0"),
         ({"train__epochs": 0}, "train.epochs: 0 is less than the minimum of 1"),
@@ -62,9 +76,25 @@ def test_unknown_key_is_named(tmp_path):
 
 
 def test_cli_error_is_one_line_on_stderr_with_exit_code_2(tmp_path):
-    result = subprocess.run(["mapex", "train", "--params", str(_params(tmp_path, prune__ratios=[2])),
-                             "--data", "nowhere", "--out", "m.pt", "--metrics", "m.json", "--history", "h.csv"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            "mapex",
+            "train",
+            "--params",
+            str(_params(tmp_path, prune__ratios=[2])),
+            "--data",
+            "nowhere",
+            "--out",
+            "m.pt",
+            "--metrics",
+            "m.json",
+            "--history",
+            "h.csv",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "prune.ratios[0]: 2 is greater than or equal to the maximum of 1" in result.stderr
     assert "Traceback" not in result.stderr
@@ -91,8 +121,23 @@ def test_a_task_name_used_twice_is_named(tmp_path):
 
 def test_fewer_samples_than_n_is_named(tmp_path, tiny_imagenet):
     params_file = _params(tmp_path, statistics__samples_per_class=1000)
-    code = main(["scores", "--params", str(params_file), "--data", str(tiny_imagenet), "--model", "unused.pt",
-                 "--criterion", "map-ex", "--seed", "0", "--out", str(tmp_path / "s.pt")])
+    code = main(
+        [
+            "scores",
+            "--params",
+            str(params_file),
+            "--data",
+            str(tiny_imagenet),
+            "--model",
+            "unused.pt",
+            "--criterion",
+            "map-ex",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "s.pt"),
+        ]
+    )
     assert code == 2
     assert not (tmp_path / "s.pt").exists()
 
@@ -150,19 +195,79 @@ def _tiny_params(tmp_path: Path, data: dict, **sections) -> Path:
 def test_a_voc_dataset_goes_through_every_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     archive, sha256 = _voc_archive(tmp_path)
-    params = str(_tiny_params(tmp_path, {
-        "name": "myvoc", "source": str(archive), "sha256": sha256, "format": "voc", "image_size": 32,
-        "max_per_class": None, "max_test_per_class": None, "val_fraction": 0.2,
-        "tasks": [{"name": "pets", "classes": ["cat", "bird"]}],
-    }, statistics={"samples_per_class": 4, "batch_size": 8}))
+    params = str(
+        _tiny_params(
+            tmp_path,
+            {
+                "name": "myvoc",
+                "source": str(archive),
+                "sha256": sha256,
+                "format": "voc",
+                "image_size": 32,
+                "max_per_class": None,
+                "max_test_per_class": None,
+                "val_fraction": 0.2,
+                "tasks": [{"name": "pets", "classes": ["cat", "bird"]}],
+            },
+            statistics={"samples_per_class": 4, "batch_size": 8},
+        )
+    )
     _run_cli("fetch", "--params", params, "--out", "data")
-    _run_cli("train", "--params", params, "--data", "data", "--out", "base.pt", "--metrics", "base.json",
-             "--history", "base.csv")
-    _run_cli("scores", "--params", params, "--data", "data", "--model", "base.pt", "--criterion", "map-ex",
-             "--task", "pets", "--seed", "0", "--out", "scores.pt")
-    _run_cli("run", "--params", params, "--data", "data", "--model", "base.pt", "--scores", "scores.pt",
-             "--task", "pets", "--criterion", "map-ex", "--ratio", "0.5", "--seed", "0", "--out", "tuned.pt",
-             "--history", "tuned.csv", "--metrics", "run.json")
+    _run_cli(
+        "train",
+        "--params",
+        params,
+        "--data",
+        "data",
+        "--out",
+        "base.pt",
+        "--metrics",
+        "base.json",
+        "--history",
+        "base.csv",
+    )
+    _run_cli(
+        "scores",
+        "--params",
+        params,
+        "--data",
+        "data",
+        "--model",
+        "base.pt",
+        "--criterion",
+        "map-ex",
+        "--task",
+        "pets",
+        "--seed",
+        "0",
+        "--out",
+        "scores.pt",
+    )
+    _run_cli(
+        "run",
+        "--params",
+        params,
+        "--data",
+        "data",
+        "--model",
+        "base.pt",
+        "--scores",
+        "scores.pt",
+        "--task",
+        "pets",
+        "--criterion",
+        "map-ex",
+        "--ratio",
+        "0.5",
+        "--seed",
+        "0",
+        "--out",
+        "tuned.pt",
+        "--history",
+        "tuned.csv",
+        "--metrics",
+        "run.json",
+    )
     import json
 
     baseline = json.loads((tmp_path / "base.json").read_text())
@@ -178,10 +283,24 @@ def test_samples_study_prunes_and_fine_tunes_at_every_n(tmp_path, monkeypatch, t
     import pandas as pd
 
     monkeypatch.chdir(tmp_path)
-    params = str(_tiny_params(tmp_path, {"max_per_class": 20, "max_test_per_class": 5},
-                              train={"epochs": 1}, finetune={"epochs": 1}))
-    _run_cli("train", "--params", params, "--data", str(tiny_imagenet), "--out", "base.pt", "--metrics", "base.json",
-             "--history", "base.csv")
+    params = str(
+        _tiny_params(
+            tmp_path, {"max_per_class": 20, "max_test_per_class": 5}, train={"epochs": 1}, finetune={"epochs": 1}
+        )
+    )
+    _run_cli(
+        "train",
+        "--params",
+        params,
+        "--data",
+        str(tiny_imagenet),
+        "--out",
+        "base.pt",
+        "--metrics",
+        "base.json",
+        "--history",
+        "base.csv",
+    )
     _run_cli("samples", "--params", params, "--data", str(tiny_imagenet), "--model", "base.pt", "--out", "study.csv")
     study = pd.read_csv(tmp_path / "study.csv")
     ci = yaml.safe_load((REPO / "config/ci.yaml").read_text())["samples_study"]
@@ -193,8 +312,20 @@ def test_samples_study_prunes_and_fine_tunes_at_every_n(tmp_path, monkeypatch, t
 
 
 def _train_command(params: Path, data: Path, out: Path) -> list[str]:
-    return ["mapex", "train", "--params", str(params), "--data", str(data), "--out", str(out / "model.pt"),
-            "--metrics", str(out / "metrics.json"), "--history", str(out / "history.csv")]
+    return [
+        "mapex",
+        "train",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+        "--out",
+        str(out / "model.pt"),
+        "--metrics",
+        str(out / "metrics.json"),
+        "--history",
+        str(out / "history.csv"),
+    ]
 
 
 def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path, tiny_imagenet):
@@ -205,15 +336,17 @@ def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path, tiny_
 
     import torch
 
-    params = _tiny_params(tmp_path, {"max_per_class": 60, "max_test_per_class": 5},
-                          train={"epochs": 6, "batch_size": 32, "lr": 0.05})
+    params = _tiny_params(
+        tmp_path, {"max_per_class": 60, "max_test_per_class": 5}, train={"epochs": 6, "batch_size": 32, "lr": 0.05}
+    )
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for folder in (whole, killed):
         folder.mkdir()
     subprocess.run(_train_command(params, tiny_imagenet, whole), cwd=whole, check=True, capture_output=True)
 
-    process = subprocess.Popen(_train_command(params, tiny_imagenet, killed), cwd=killed,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_command(params, tiny_imagenet, killed), cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not list((killed / "work/checkpoints").rglob("last.pt")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,4 +1,5 @@
 """Filter criteria of mapex.criteria on tiny nets with hand-checkable scores."""
+
 from __future__ import annotations
 
 import inspect
@@ -107,7 +108,9 @@ def test_declared_options_are_the_constructor_keywords_with_the_first_value_as_d
 
 def test_map_ex_and_map_declare_their_variants() -> None:
     assert criterion_options("map-ex") == {
-        "score": ("diff", "ratio", "fg", "contrast"), "tap": ("consumed", "nonneg"), "field": ("theoretical", "effective"),
+        "score": ("diff", "ratio", "fg", "contrast"),
+        "tap": ("consumed", "nonneg"),
+        "field": ("theoretical", "effective"),
     }
     assert criterion_options("map") == {"score": ("diff", "ratio", "fg", "contrast"), "tap": ("consumed", "nonneg")}
     assert criterion_options("l1") == {} and criterion_options("random") == {}
@@ -117,12 +120,19 @@ def test_map_ex_and_map_declare_their_variants() -> None:
         criterion_options("mapex")
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("map-ex", {"tap": "signed"}, "criterion 'map-ex': unknown tap 'signed'; valid: consumed, nonneg"),
-    ("map-ex", {"field": "measured"}, "criterion 'map-ex': unknown field 'measured'; valid: theoretical, effective"),
-    ("map-ex", {"score": "contrast"}, "score 'contrast' needs tap 'nonneg'"),
-    ("map", {"field": "effective"}, "criterion 'map' has no option field; it takes scores, score, tap"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("map-ex", {"tap": "signed"}, "criterion 'map-ex': unknown tap 'signed'; valid: consumed, nonneg"),
+        (
+            "map-ex",
+            {"field": "measured"},
+            "criterion 'map-ex': unknown field 'measured'; valid: theoretical, effective",
+        ),
+        ("map-ex", {"score": "contrast"}, "score 'contrast' needs tap 'nonneg'"),
+        ("map", {"field": "effective"}, "criterion 'map' has no option field; it takes scores, score, tap"),
+    ],
+)
 def test_bad_variant_options_are_one_line_user_errors(name: str, options: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         get_criterion(name, **options)

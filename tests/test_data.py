@@ -1,4 +1,5 @@
 """The data core: fetch, the Tiny-ImageNet reader, splits, box-aware transforms, dataset and loader."""
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,10 @@ def truncated_copy(path: Path, out: Path) -> Path:
 
 
 # Incompressible payloads, so half an archive really cuts a member short.
-PAYLOAD = {"top/a.txt": b"alpha", "top/sub/b.bin": torch.randint(0, 256, (50_000,), dtype=torch.uint8).numpy().tobytes()}
+PAYLOAD = {
+    "top/a.txt": b"alpha",
+    "top/sub/b.bin": torch.randint(0, 256, (50_000,), dtype=torch.uint8).numpy().tobytes(),
+}
 
 
 def only_sources_left(folder: Path, sources: set[str]) -> bool:
@@ -226,7 +230,10 @@ def write_tiny_layout(root: Path) -> Path:
         lines = []
         for k in range(3):
             channels = 1 if (label, k) == (0, 0) else 3
-            write_jpeg(torch.full((channels, 32, 32), 40 * k + 100 * label, dtype=torch.uint8), str(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG"))
+            write_jpeg(
+                torch.full((channels, 32, 32), 40 * k + 100 * label, dtype=torch.uint8),
+                str(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG"),
+            )
             lines.append(f"{wnid}_{k}.JPEG\t{k}\t1\t{20 + k}\t30")
         (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(lines) + "\n")
         write_jpeg(torch.zeros(3, 32, 32, dtype=torch.uint8), str(root / "val" / "images" / f"val_{label}.JPEG"))
@@ -281,7 +288,9 @@ def test_read_dataset_dispatches_by_format(tiny_layout: Path, monkeypatch: pytes
     fake.read_formatted = lambda root, format, split: calls.append((root, format, split)) or "index"
     monkeypatch.setitem(sys.modules, "mapex.data.formats", fake)
     assert read_dataset(tiny_layout, "coco", "val") == "index" and calls == [(tiny_layout, "coco", "val")]
-    with pytest.raises(UserError, match="unknown dataset format 'imagenet'; expected one of tiny-imagenet, voc, coco, yolo, csv"):
+    with pytest.raises(
+        UserError, match="unknown dataset format 'imagenet'; expected one of tiny-imagenet, voc, coco, yolo, csv"
+    ):
         read_dataset(tiny_layout, "imagenet", "train")
 
 
@@ -397,7 +406,9 @@ def test_fit_to_size_squashes_and_clamps() -> None:
 def test_eval_transform_only_normalises() -> None:
     images, boxes = drawn_batch(16, [(3, 5, 9, 16), (0, 0, 16, 4)])
     out, out_boxes = eval_transform(16)(images, boxes, seed=1)
-    expected = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    expected = (images.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        3, 1, 1
+    )
     assert torch.allclose(out, expected, atol=1e-6) and all(map(torch.equal, out_boxes, boxes))
 
 
@@ -474,7 +485,8 @@ def epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]
 
 def same_batches(first, second) -> bool:
     return len(first) == len(second) and all(
-        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and all(map(torch.equal, a[2], b[2])) for a, b in zip(first, second)
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and all(map(torch.equal, a[2], b[2]))
+        for a, b in zip(first, second)
     )
 
 
@@ -524,7 +536,7 @@ def test_loader_resizes_images_of_any_size_and_boxes_stay_on_their_pixels(tmp_pa
         samples.append(BoxSample(path, k, (box,)))
     loader = make_loader(BoxIndex(["a", "b", "c"], samples), 24, train=train, batch_size=3, seed=0, cache=True)
     for _ in range(5 if train else 1):
-        (images, labels, boxes), = epoch(loader)
+        ((images, labels, boxes),) = epoch(loader)
         assert images.shape == (3, 3, 24, 24)
         assert_boxes_on_drawn_pixels(images, boxes)
     if not train:

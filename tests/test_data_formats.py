@@ -3,13 +3,15 @@
 Every dataset is built here in ``tmp_path`` from tiny noise JPEGs (distinct bytes per path, so only
 the duplicate tests have duplicates).
 """
+
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -71,7 +73,9 @@ def make_csv(root: Path, rows: list[tuple], images: list[str] | None = None) -> 
     return root
 
 
-def make_yolo(root: Path, labels: dict[str, list[str]], names_yaml: str = "names: [cat, dog]\n", folder: str = "") -> Path:
+def make_yolo(
+    root: Path, labels: dict[str, list[str]], names_yaml: str = "names: [cat, dog]\n", folder: str = ""
+) -> Path:
     """One image per entry of ``labels`` (file stem -> label lines) under images/``folder``."""
     for stem, lines in labels.items():
         write_image(root / "images" / folder / f"{stem}.jpg")
@@ -90,7 +94,9 @@ def make_coco(root: Path, images: dict[str, list[tuple[int, list[float]]]], cate
         content["images"].append({"id": image_id, "file_name": file_name, "width": 32, "height": 32})
         for category, bbox in boxes:
             annotation_id = len(content["annotations"]) + 1
-            content["annotations"].append({"id": annotation_id, "image_id": image_id, "category_id": category, "bbox": bbox})
+            content["annotations"].append(
+                {"id": annotation_id, "image_id": image_id, "category_id": category, "bbox": bbox}
+            )
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_default.json").write_text(json.dumps(content))
     return root
@@ -324,8 +330,11 @@ def test_a_six_decimal_yolo_export_of_640x480_images_reports_nothing(tmp_path: P
 
 def test_a_voc_box_with_an_absurd_coordinate_is_a_bad_box_skipped_and_named(tmp_path: Path) -> None:
     root = tmp_path / "voc"
-    images = {"absurd": [("cat", 11, 21, 5000, 300)], "over": [("cat", 11, 21, 645, 300)],
-              "good": [("cat", 11, 21, 640, 480)]}
+    images = {
+        "absurd": [("cat", 11, 21, 5000, 300)],
+        "over": [("cat", 11, 21, 645, 300)],
+        "good": [("cat", 11, 21, 640, 480)],
+    }
     for image_id, objects in images.items():
         write_image(root / "JPEGImages" / f"{image_id}.jpg", size=(640, 480))
         (root / "Annotations").mkdir(parents=True, exist_ok=True)
@@ -346,7 +355,8 @@ def test_a_box_mostly_outside_the_image_is_a_bad_box(tmp_path: Path) -> None:
     index = read_formatted(root, "csv", "all", problems=log)
     assert sorted(by_name(index)) == ["good.jpg"]
     assert problem_list(log, with_detail=True) == [
-        ("bad-box", "half.jpg", "box (20, 0, 50, 8) lies mostly outside the 32x32 image")]
+        ("bad-box", "half.jpg", "box (20, 0, 50, 8) lies mostly outside the 32x32 image")
+    ]
 
 
 def test_an_image_listed_in_train_and_test_is_kept_once_in_train(tmp_path: Path) -> None:

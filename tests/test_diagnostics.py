@@ -1,4 +1,5 @@
 """The per-layer diagnosis of mapex.diagnostics on a tiny net whose numbers can be worked by hand."""
+
 from __future__ import annotations
 
 import pytest
@@ -51,8 +52,9 @@ def test_diagnosis_per_layer():
     assert table.loc["conv2", "whole_image_units"] == 1.0 and table.loc["conv2", "constant_w_images"] == 1.0
     assert table.loc["conv1", "mostly_nonpositive"] == pytest.approx(1 / 4)  # the dead filter only
     for variant in variants:
-        scores = filter_scores(model, batches, method=variant.method, score=variant.score, tap=variant.tap,
-                               progress=False)
+        scores = filter_scores(
+            model, batches, method=variant.method, score=variant.score, tap=variant.tap, progress=False
+        )
         for name in ("conv1", "conv2"):
             assert table.loc[name, f"std {variant.label}"] == pytest.approx(float(scores[name].std()))
     # whole-image fields: F_i = B_i for every filter, so map-ex's diff scores are all 0
@@ -63,8 +65,11 @@ def test_diagnosis_per_layer():
 def test_default_variants_cover_every_fix():
     table = diagnose(wide_field_net(), task())
     assert [c for c in table.columns if c.startswith("std ")] == [
-        "std map-ex/diff/consumed/theoretical", "std map-ex/contrast/nonneg/theoretical",
-        "std map-ex/contrast/nonneg/effective", "std map/diff/consumed", "std map/contrast/nonneg",
+        "std map-ex/diff/consumed/theoretical",
+        "std map-ex/contrast/nonneg/theoretical",
+        "std map-ex/contrast/nonneg/effective",
+        "std map/diff/consumed",
+        "std map/contrast/nonneg",
     ]
     assert table.notna().all().all()
 

@@ -6,8 +6,7 @@ import torchvision
 from torch import nn
 
 from mapex.criteria import get_criterion
-from mapex.evaluate import (accuracy, count_macs, count_params, deployed_copy, evaluate_model, file_size,
-                            measure_latency)
+from mapex.evaluate import accuracy, count_macs, count_params, deployed_copy, evaluate_model, file_size, measure_latency
 from mapex.io import UserError
 from mapex.prune import prune_model
 
@@ -29,7 +28,7 @@ def _batches(labels: list[int], batch_size: int = 2) -> list[tuple[torch.Tensor,
     """Loader-shaped batches ``(inputs, labels, boxes)``; input ``i`` selects logits row ``i``."""
     rows = torch.arange(len(labels), dtype=torch.float32)[:, None]
     targets = torch.tensor(labels)
-    return [(rows[i:i + batch_size], targets[i:i + batch_size], []) for i in range(0, len(labels), batch_size)]
+    return [(rows[i : i + batch_size], targets[i : i + batch_size], []) for i in range(0, len(labels), batch_size)]
 
 
 def test_top1_and_top5_by_hand():
@@ -58,7 +57,10 @@ def test_macs_of_one_conv_by_hand():
 def test_macs_of_a_strided_grouped_conv_and_a_linear_by_hand():
     model = nn.Sequential(
         nn.Conv2d(4, 8, kernel_size=3, stride=2, padding=1, groups=2, bias=False),  # 16x16 -> 8x8
-        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(8, 10),
     )
     conv_macs = 8 * (4 // 2) * 3 * 3 * 8 * 8
@@ -87,8 +89,9 @@ def test_file_size(tmp_path):
 
 
 def _small_convnet() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
 
 
 def test_latency_is_a_positive_finite_number_of_milliseconds():

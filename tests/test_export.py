@@ -1,4 +1,5 @@
 """ONNX export: ONNX Runtime computes what PyTorch computes, at any batch size; the CLI's errors are one line."""
+
 import subprocess
 
 import numpy as np
@@ -7,12 +8,11 @@ import onnxruntime
 import pytest
 import torch
 
+from conftest import REPO
 from mapex.criteria import get_criterion
 from mapex.export import INPUT_NAME, OPSET, export_onnx
 from mapex.models import build_model
 from mapex.prune import prune_model, save_pruned
-
-from conftest import REPO
 
 
 def _pruned_resnet18() -> torch.nn.Module:
@@ -29,8 +29,9 @@ def _ort_logits(path, images: torch.Tensor) -> np.ndarray:
     return session.run(None, {INPUT_NAME: images.numpy()})[0]
 
 
-@pytest.mark.parametrize("build", [lambda: build_model("tiny-cnn", 3, stem="small"), _pruned_resnet18],
-                         ids=["tiny-cnn", "pruned-resnet18"])
+@pytest.mark.parametrize(
+    "build", [lambda: build_model("tiny-cnn", 3, stem="small"), _pruned_resnet18], ids=["tiny-cnn", "pruned-resnet18"]
+)
 def test_onnx_runtime_gives_pytorchs_logits_at_any_batch_size(tmp_path, build):
     model = build().train()  # exported in eval mode whatever the caller's mode
     path = export_onnx(model, tmp_path / "model.onnx", 64)
@@ -49,8 +50,20 @@ def test_cli_export_writes_an_onnx_file_of_the_pruned_model(tmp_path):
     model = build_model("tiny-cnn", 3, stem="small").eval()
     save_pruned(model, tmp_path / "pruned.pt", {"arch": "tiny-cnn"})
     out = tmp_path / "onnx" / "model.onnx"
-    subprocess.run(["mapex", "export", "--model", str(tmp_path / "pruned.pt"), "--out", str(out),
-                    "--params", str(REPO / "config/ci.yaml")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "mapex",
+            "export",
+            "--model",
+            str(tmp_path / "pruned.pt"),
+            "--out",
+            str(out),
+            "--params",
+            str(REPO / "config/ci.yaml"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     images = torch.randn(2, 3, 64, 64)
     np.testing.assert_allclose(_ort_logits(out, images), model(images).detach().numpy(), atol=1e-4, rtol=1e-4)
 
@@ -64,8 +77,11 @@ def test_cli_export_errors_are_one_line_naming_the_path(tmp_path, case):
         save_pruned(build_model("tiny-cnn", 3, stem="small"), model_path, {"arch": "tiny-cnn"})
         (tmp_path / "file").write_text("")
         out = named = tmp_path / "file" / "model.onnx"
-    result = subprocess.run(["mapex", "export", "--model", str(model_path), "--out", str(out),
-                             "--params", str(REPO / "config/ci.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mapex", "export", "--model", str(model_path), "--out", str(out), "--params", str(REPO / "config/ci.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(named) in lines[0] and "Traceback" not in result.stderr

@@ -6,27 +6,37 @@ level (a key removed, a value replaced by one of another type or an absurd one).
 a spoiled input that is still valid, but it must never raise: a refusal is one error line and a
 non-zero exit.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
 from mapex.cli import main
-
 from pipeline_files import Pipeline, leave_checkpoint, make_pipeline, working_in
 from test_data_formats import make_coco, make_csv, make_voc, make_yolo
 
 SEED = 14
-CASES_PER_KIND = {"params": 24, "voc": 14, "coco": 14, "yolo": 14, "csv": 14,
-                  "baseline": 20, "tuned": 16, "scores": 20, "checkpoint": 16}
+CASES_PER_KIND = {
+    "params": 24,
+    "voc": 14,
+    "coco": 14,
+    "yolo": 14,
+    "csv": 14,
+    "baseline": 20,
+    "tuned": 16,
+    "scores": 20,
+    "checkpoint": 16,
+}
 ODD_VALUES: list[Any] = [None, "", "x", -1, 0, 1, 2.5, 1e30, float("nan"), True, [], {}, [1, "a"], {"k": 1}]
 
 
@@ -82,7 +92,7 @@ def spoil_text_file(path: Path, rng: random.Random) -> None:
     text = path.read_text()
     tokens = ["-1e9", "nan", "<", ">", "{", "}", ",", ":", "'", '"', " ", "\n", "0", "99999", "-", "é", "\x00"]
     position = rng.randrange(len(text) + 1)
-    path.write_text(text[:position] + rng.choice(tokens) * rng.randint(1, 3) + text[position + rng.randint(0, 4):])
+    path.write_text(text[:position] + rng.choice(tokens) * rng.randint(1, 3) + text[position + rng.randint(0, 4) :])
 
 
 # --------------------------------------------------------------------------- running the CLI
@@ -172,8 +182,11 @@ def _dataset(root: Path, format: str) -> list[Path]:
         make_voc(root, {f"{c}{i}": [(c, 2, 3, 20, 24)] for c in ("cat", "dog") for i in range(2)})
         return sorted((root / "Annotations").glob("*.xml"))
     if format == "coco":
-        make_coco(root, {f"{c}{i}.jpg": [(k, [2.0, 3.0, 18.0, 20.0])] for k, c in ((1, "cat"), (2, "dog"))
-                         for i in range(2)}, {1: "cat", 2: "dog"})
+        make_coco(
+            root,
+            {f"{c}{i}.jpg": [(k, [2.0, 3.0, 18.0, 20.0])] for k, c in ((1, "cat"), (2, "dog")) for i in range(2)},
+            {1: "cat", 2: "dog"},
+        )
         return [root / "annotations" / "instances_default.json"]
     if format == "yolo":
         make_yolo(root, {f"im{i}": [f"{i % 2} 0.5 0.5 0.4 0.6"] for i in range(4)})

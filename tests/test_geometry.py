@@ -1,4 +1,5 @@
 """Receptive-field geometry (SPEC recurrence) and box -> unit foreground weights, against hand-worked values."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,16 +36,23 @@ def conv_names(model: nn.Module) -> set[str]:
 
 def test_vgg_like_stack():
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),  # 0: r = 1 + 2 = 3
-        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),  # 2: r = 3 + 2 = 5
-        nn.MaxPool2d(2),                           # r = 5 + 1 = 6, j = 2, c = 0 + (1/2 - 0) * 1 = 0.5
-        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),  # 5: r = 6 + 2*2 = 10, c = 0.5 + (1 - 1) * 2 = 0.5
-        nn.Conv2d(4, 4, 3, padding=1),             # 7: r = 14
-        nn.MaxPool2d(2, 2),                        # r = 14 + 2 = 16, j = 4, c = 0.5 + 0.5 * 2 = 1.5
-        nn.Conv2d(4, 4, 3, padding=1),             # 9: r = 16 + 2*4 = 24
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),  # 0: r = 1 + 2 = 3
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),  # 2: r = 3 + 2 = 5
+        nn.MaxPool2d(2),  # r = 5 + 1 = 6, j = 2, c = 0 + (1/2 - 0) * 1 = 0.5
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),  # 5: r = 6 + 2*2 = 10, c = 0.5 + (1 - 1) * 2 = 0.5
+        nn.Conv2d(4, 4, 3, padding=1),  # 7: r = 14
+        nn.MaxPool2d(2, 2),  # r = 14 + 2 = 16, j = 4, c = 0.5 + 0.5 * 2 = 1.5
+        nn.Conv2d(4, 4, 3, padding=1),  # 9: r = 16 + 2*4 = 24
     )
     assert receptive_fields(model, (32, 32)) == {
-        "0": G(1, 3, 0.0), "2": G(1, 5, 0.0), "5": G(2, 10, 0.5), "7": G(2, 14, 0.5), "9": G(4, 24, 1.5),
+        "0": G(1, 3, 0.0),
+        "2": G(1, 5, 0.0),
+        "5": G(2, 10, 0.5),
+        "7": G(2, 14, 0.5),
+        "9": G(4, 24, 1.5),
     }
 
 
@@ -54,7 +62,7 @@ def test_torchvision_vgg16_bn_first_convs():
     assert set(fields) == conv_names(model)
     assert fields["features.0"] == G(1, 3, 0.0)
     assert fields["features.3"] == G(1, 5, 0.0)
-    assert fields["features.7"] == G(2, 10, 0.5)   # after the first 2x2 max pool
+    assert fields["features.7"] == G(2, 10, 0.5)  # after the first 2x2 max pool
     assert fields["features.10"] == G(2, 14, 0.5)
     assert fields["features.14"] == G(4, 24, 1.5)  # after the second
     # the usual VGG-16 figure: the last conv sees 196 pixels, units 16 apart
@@ -84,10 +92,10 @@ def test_torchvision_mobilenet_v2_every_conv():
     model = torchvision.models.mobilenet_v2(num_classes=3)
     fields = receptive_fields(model, (96, 96))
     assert set(fields) == conv_names(model)
-    assert fields["features.0.0"] == G(2, 3, 0.0)            # 3x3 s2 p1
-    assert fields["features.1.conv.0.0"] == G(2, 7, 0.0)     # depthwise 3x3: 3 + 2*2
-    assert fields["features.1.conv.1"] == G(2, 7, 0.0)       # 1x1 keeps it
-    assert fields["features.2.conv.1.0"] == G(4, 11, 0.0)    # depthwise 3x3 s2
+    assert fields["features.0.0"] == G(2, 3, 0.0)  # 3x3 s2 p1
+    assert fields["features.1.conv.0.0"] == G(2, 7, 0.0)  # depthwise 3x3: 3 + 2*2
+    assert fields["features.1.conv.1"] == G(2, 7, 0.0)  # 1x1 keeps it
+    assert fields["features.2.conv.1.0"] == G(4, 11, 0.0)  # depthwise 3x3 s2
     assert fields["features.18.0"].jump == 32
 
 
@@ -121,7 +129,7 @@ class FunctionalPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.max_pool2d(self.conv1(x), 2)  # r = 3 + 1 = 4, j = 2, c = 0.5
-        return self.conv2(x).flatten(1)     # r = 4 + 2*2 = 8
+        return self.conv2(x).flatten(1)  # r = 4 + 2*2 = 8
 
 
 def test_functional_pool_and_dilation():
@@ -169,24 +177,33 @@ def test_conv_geometry_used_below_is_the_traced_one():
 
 def test_map_uses_unit_centre_plus_half():
     # box: x pixels 2..5, y pixels 2..4. Centres + 0.5 = 0.5, 2.5, 4.5, 6.5: inside [2, 6) x [2, 5) for 1, 2.
-    expected = torch.tensor([
-        [0, 0, 0, 0],
-        [0, 1, 1, 0],
-        [0, 1, 1, 0],
-        [0, 0, 0, 0],
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            [0, 0, 0, 0],
+            [0, 1, 1, 0],
+            [0, 1, 1, 0],
+            [0, 0, 0, 0],
+        ],
+        dtype=torch.float32,
+    )
     assert torch.equal(foreground_weights(STRIDE2, (4, 4), boxes((2, 2, 6, 5)), IMAGE, "map"), expected)
 
 
 def test_map_ex_counts_covered_field_pixels():
     # per axis, covered pixels of each unit's field: x (box 2..5): [0,1]->0, [1,3]->2, [3,5]->3, [5,7]->1
     #                                                y (box 2..4): 0, 2, 2, 0; each field is 3x3 = 9 pixels
-    expected = torch.tensor([
-        [0, 0, 0, 0],
-        [0, 4, 6, 2],
-        [0, 4, 6, 2],
-        [0, 0, 0, 0],
-    ], dtype=torch.float32) / 9
+    expected = (
+        torch.tensor(
+            [
+                [0, 0, 0, 0],
+                [0, 4, 6, 2],
+                [0, 4, 6, 2],
+                [0, 0, 0, 0],
+            ],
+            dtype=torch.float32,
+        )
+        / 9
+    )
     weights = foreground_weights(STRIDE2, (4, 4), boxes((2, 2, 6, 5)), IMAGE, "map-ex")
     torch.testing.assert_close(weights, expected)
 

@@ -1,6 +1,7 @@
 """Issue #14: no file is unpickled, every bad file is one line naming it, every file is checked
 against what made it, params are checked whole and early, and the docs list the problem kinds
 the code accepts."""
+
 from __future__ import annotations
 
 import pickle
@@ -12,12 +13,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO
 from mapex.cli import main
 from mapex.config import load_schema
 from mapex.data.formats import DEFAULT_ACTIONS
 from mapex.prune import load_scores, save_scores
-
-from conftest import REPO
 from pipeline_files import Pipeline, leave_checkpoint, make_pipeline, tiny_params, working_in
 
 
@@ -62,10 +62,15 @@ class CreatesFile:
 def _where_read(pipeline: Pipeline) -> list[tuple[str, str, str | Path]]:
     """(command, flag or 'checkpoint'/'models', where to put the file) for every .pt the CLI reads."""
     return [
-        ("scores", "--model", "x.pt"), ("run", "--model", "x.pt"), ("run", "--scores", "x.pt"),
-        ("sanity", "--model", "x.pt"), ("sensitivity", "--model", "x.pt"), ("samples", "--model", "x.pt"),
+        ("scores", "--model", "x.pt"),
+        ("run", "--model", "x.pt"),
+        ("run", "--scores", "x.pt"),
+        ("sanity", "--model", "x.pt"),
+        ("sensitivity", "--model", "x.pt"),
+        ("samples", "--model", "x.pt"),
         ("diagnose", "--model", "x.pt"),
-        ("response-maps", "--model", "x.pt"), ("latency", "--model", "x.pt"),
+        ("response-maps", "--model", "x.pt"),
+        ("latency", "--model", "x.pt"),
         ("latency", "models", pipeline.tuned),
         ("train", "checkpoint", pipeline.checkpoint_of("base2.pt")),
         ("run", "checkpoint", pipeline.checkpoint_of("t2.pt")),
@@ -102,12 +107,15 @@ def test_an_old_whole_module_file_says_how_to_regenerate_it(run: Pipeline, capsy
     assert "old.pt: a whole-module pickle" in error and "delete it and rerun the stage that wrote it" in error
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty or truncated"),
-    (b"hello, world\n", "not a torch file"),
-    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200), "not a torch file"),
-    (pickle.dumps({"scores": {"conv": [1.0]}}), "not a torch file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty or truncated"),
+        (b"hello, world\n", "not a torch file"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200), "not a torch file"),
+        (pickle.dumps({"scores": {"conv": [1.0]}}), "not a torch file"),
+    ],
+)
 def test_a_file_that_is_no_torch_file_is_named(run: Pipeline, content: bytes, message: str, capsys) -> None:
     (run.root / "bad.pt").write_bytes(content)
     error = cli_error(run, with_arg(run.commands()["run"], "--scores", "bad.pt"), capsys)
@@ -131,7 +139,7 @@ def test_a_model_given_as_scores_and_scores_given_as_model_are_refused(run: Pipe
 def test_run_without_scores_says_so(run: Pipeline, capsys) -> None:
     argv = run.commands()["run"]
     at = argv.index("--scores")
-    error = cli_error(run, argv[:at] + argv[at + 2:], capsys)
+    error = cli_error(run, argv[:at] + argv[at + 2 :], capsys)
     assert "criterion 'l1' needs --scores" in error
 
 

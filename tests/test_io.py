@@ -1,4 +1,5 @@
 """Atomic outputs: a stage that dies mid-write leaves no output a later stage would trust."""
+
 import subprocess
 import sys
 
@@ -83,11 +84,14 @@ def test_load_torch_runs_no_code_from_the_file(tmp_path):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty or truncated"),
-    (b"epochs: 3\n", "not a torch file"),
-    (b"PK\x03\x04" + bytes(64), "not a torch file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty or truncated"),
+        (b"epochs: 3\n", "not a torch file"),
+        (b"PK\x03\x04" + bytes(64), "not a torch file"),
+    ],
+)
 def test_load_torch_names_a_file_that_is_no_torch_file(tmp_path, content, message):
     from mapex.io import load_torch
 

@@ -10,7 +10,7 @@ from mapex.io import UserError
 from mapex.models import ARCHS, build_model, classifier_name, first_conv_name, restrict_classes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(arch: str, stem: str) -> nn.Module:
     """Each model once per session (VGG-16 takes seconds to initialise); callers must not modify it."""
     torch.manual_seed(0)
@@ -38,12 +38,15 @@ def test_every_arch_and_stem_classifies_64px_images(arch, stem):
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize(("arch", "imagenet_side", "small_side"), [
-    ("resnet18", 2, 8),
-    ("resnet34", 2, 8),
-    ("mobilenet_v2", 2, 4),
-    ("vgg16_bn", 2, 2),
-])
+@pytest.mark.parametrize(
+    ("arch", "imagenet_side", "small_side"),
+    [
+        ("resnet18", 2, 8),
+        ("resnet34", 2, 8),
+        ("mobilenet_v2", 2, 4),
+        ("vgg16_bn", 2, 2),
+    ],
+)
 def test_small_stem_keeps_larger_feature_maps(arch, imagenet_side, small_side):
     assert _last_feature_map_side(_built(arch, "imagenet"), arch) == imagenet_side
     assert _last_feature_map_side(_built(arch, "small"), arch) == small_side
@@ -62,14 +65,17 @@ def test_small_vgg_replaces_the_4096_wide_classifier_by_pool_and_one_linear():
     assert sum(p.numel() for p in imagenet.parameters()) - sum(p.numel() for p in small.parameters()) > 100_000_000
 
 
-@pytest.mark.parametrize(("arch", "stem", "classifier", "first_conv"), [
-    ("resnet18", "imagenet", "fc", "conv1"),
-    ("vgg16_bn", "imagenet", "classifier.6", "features.0"),
-    ("vgg16_bn", "small", "classifier", "features.0"),
-    ("mobilenet_v2", "small", "classifier.1", "features.0.0"),
-    ("tiny-cnn", "small", "5", "0.0"),
-    ("tiny-resnet", "small", "fc", "conv1"),
-])
+@pytest.mark.parametrize(
+    ("arch", "stem", "classifier", "first_conv"),
+    [
+        ("resnet18", "imagenet", "fc", "conv1"),
+        ("vgg16_bn", "imagenet", "classifier.6", "features.0"),
+        ("vgg16_bn", "small", "classifier", "features.0"),
+        ("mobilenet_v2", "small", "classifier.1", "features.0.0"),
+        ("tiny-cnn", "small", "5", "0.0"),
+        ("tiny-resnet", "small", "fc", "conv1"),
+    ],
+)
 def test_classifier_and_first_conv_names(arch, stem, classifier, first_conv):
     model = _built(arch, stem)
     assert classifier_name(model) == classifier
@@ -132,8 +138,11 @@ def test_pretrained_loads_cached_weights_and_replaces_the_classifier(tmp_path, m
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), cached)
     # The real loader also checks the file's hash against its name, which a made-up file cannot pass.
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url",
-                        lambda url, *args, **kwargs: torch.load(cached.parent / url.rsplit("/", 1)[-1]))
+    monkeypatch.setattr(
+        torchvision.models._api,
+        "load_state_dict_from_url",
+        lambda url, *args, **kwargs: torch.load(cached.parent / url.rsplit("/", 1)[-1]),
+    )
     model = build_model("resnet18", 20, stem="small", pretrained=True)
     assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
     assert model.fc.out_features == 20

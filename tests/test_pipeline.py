@@ -1,4 +1,5 @@
 """Snakemake and DVC must expand to the same commands for the same outputs, for every config."""
+
 import re
 import shutil
 import subprocess
@@ -7,10 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO, dry_run_jobs, dvc_stage_files, same_files
 from mapex.config import load_params
 from mapex.pipeline import ratio_tag, row, run_ids
-
-from conftest import REPO
 
 CONFIGS = ["params.yaml", "config/ci.yaml"]
 
@@ -25,9 +25,14 @@ def _normalise(command: str) -> str:
 def snakemake_commands(configfile: str) -> set[str]:
     result = subprocess.run(
         ["snakemake", "-n", "-p", "--forceall", "--configfile", configfile],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    commands = (line.split(":", 1)[1].strip() for line in result.stdout.splitlines() if line.startswith("Shell command:"))
+    commands = (
+        line.split(":", 1)[1].strip() for line in result.stdout.splitlines() if line.startswith("Shell command:")
+    )
     return {_normalise(c) for c in commands if c != "None"}  # target rules have no command
 
 
@@ -46,6 +51,21 @@ def test_snakemake_and_dvc_run_the_same_commands(configfile, tmp_path):
     snake = snakemake_commands(configfile)
     dvc = dvc_commands(configfile, tmp_path)
     assert snake == dvc, f"only Snakemake: {sorted(snake - dvc)[:3]}; only DVC: {sorted(dvc - snake)[:3]}"
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
+def test_every_rule_and_its_dvc_stage_make_and_read_thesame_files(configfile, tmp_path):
+    """One DVC stage per job, with the same outputs and file deps."""
+    jobs = [job for job in _dry_run_jobs("--configfile", configfile) if "output" in job]
+    dvc_commands(configfile, tmp_path)  # the DVC project in tmp_path
+    stages = dvc_stage_files(tmp_path)
+    for job in jobs:
+        outputs, inputs = (set(job.get(key, "").split(", ")) - {""} for key in ("output", "input"))
+        matching = [name for name, (_, outs) in stages.items() if same_files(outputs, outs)]
+        assert len(matching) == 1, f"rule {job['rule']} {sorted(outputs)[:2]}: DVC stages {matching}"
+        deps = stages[matching[0]][0]
+        assert same_files(inputs, deps), (job["rule"], sorted(inputs)[:4], sorted(deps))
+    assert len(stages) == len(jobs)
 
 
 @pytest.mark.parametrize("configfile", CONFIGS)
@@ -105,7 +125,10 @@ def _dry_run_with(tmp_path, edit) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (lambda p: p["prune"].update(ratios=[0.5, 1.5]), "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
+        (
+            lambda p: p["prune"].update(ratios=[0.5, 1.5]),
+            "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1",
+        ),
         (lambda p: p["prune"]["criteria"].append("magic"), "criterion 'magic' is neither a registered criterion"),
         (lambda p: p["train"].update(epoch=3), "'epoch' was unexpected"),
     ],
@@ -116,20 +139,24 @@ def test_bad_params_stop_snakemake_before_any_work_naming_the_key(tmp_path, edit
     assert expected in result.stdout + result.stderr
 
 
-def test_snakemake_lint_is_clean():
-    result = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def _dry_run_jobs(*options: str) -> list[dict[str, str]]:
-    """Each job of a dry run as {"rule", "threads", "resources"} (read from Snakemake's job listing)."""
-    output = subprocess.run(["snakemake", "-n", "--forceall", *options], cwd=REPO, capture_output=True, text=True,
-                            check=True).stdout
-    jobs = []
-    for block in output.split("\nrule ")[1:]:
-        fields = dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
-        jobs.append({"rule": block.split(":", 1)[0], **fields})
-    return jobs
+    output = subprocess.run(
+        ["snakemake", "-n", "--forceall", *options], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    return dry_run_jobs(output)
+
+
+def test_on_a_cpu_device_jobs_hold_no_gpu_so_the_cores_run_them_side_by_side(tmp_path):
+    """The default profile caps the `gpu` resource at 1 (one job at a time on a GPU); on a CPU,
+    holding it would run every job alone on one core."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["device"] = "cpu"
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(params))
+    jobs = [job for job in _dry_run_jobs("--configfile", str(config)) if job["rule"] in ("run", "scores", "sanity")]
+    assert jobs
+    for job in jobs:
+        assert dict(item.split("=", 1) for item in job["resources"].split(", ")).get("gpu", "0") == "0", job
 
 
 def test_slurm_profile_sends_gpu_rules_to_the_gpu_partition_with_their_threads():

@@ -1,4 +1,5 @@
 """Physical pruning of mapex.prune on a plain net and on torchvision ResNet-18, VGG-16-BN, MobileNetV2."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Tables and figures of mapex.report, from synthetic result files."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,14 +10,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures_report import (ENV, LAYERS, correct_pattern, run_record, standard_runs, write_history,
-                             write_latency_csv, write_response_npz, write_run, write_samples_csv, write_sanity_csv,
-                             write_sensitivity_csv)
+from fixtures_report import (
+    ENV,
+    LAYERS,
+    correct_pattern,
+    run_record,
+    standard_runs,
+    write_history,
+    write_latency_csv,
+    write_response_npz,
+    write_run,
+    write_samples_csv,
+    write_sanity_csv,
+    write_sensitivity_csv,
+)
 from mapex import report
 from mapex.io import UserError
 from mapex.uncertainty import bootstrap_interval
 
 CAPTIONS = Path(__file__).resolve().parents[1] / "workflow" / "report"
+FIGURES = sorted(name.removeprefix("plot_") for name in dir(report) if name.startswith("plot_"))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +82,9 @@ def titles(fig) -> list[str]:
     return [ax.get_title() for ax in fig.axes]
 
 
-def row(table: pd.DataFrame, criterion: str, ratio: float, task: str = report.POOLED, key: str = "criterion") -> pd.Series:
+def row(
+    table: pd.DataFrame, criterion: str, ratio: float, task: str = report.POOLED, key: str = "criterion"
+) -> pd.Series:
     match = table[(table[key] == criterion) & np.isclose(table["ratio"], ratio) & (table["task"] == task)]
     assert len(match) == 1
     return match.iloc[0]
@@ -85,8 +100,11 @@ def assert_png_and_pdf(stem: Path) -> None:
 
 def paired_runs(folder: Path, ours: np.ndarray, theirs: np.ndarray, seeds=(0, 1, 2), task: str = "t0") -> list[Path]:
     """map-ex right on ``ours`` and l1 right on ``theirs`` (image masks), the same masks for every seed."""
-    records = [run_record(task, name, 0.5, s, 0.0, correct=mask) for name, mask in (("map-ex", ours), ("l1", theirs))
-               for s in seeds]
+    records = [
+        run_record(task, name, 0.5, s, 0.0, correct=mask)
+        for name, mask in (("map-ex", ours), ("l1", theirs))
+        for s in seeds
+    ]
     return [write_run(folder, r) for r in records]
 
 
@@ -186,13 +204,17 @@ def test_summary_numbers_by_hand(summary: pd.DataFrame) -> None:
 
 
 def test_summary_interval_is_the_two_way_bootstrap_of_the_runs(summary: pd.DataFrame) -> None:
-    blocks = {task: np.stack([correct_pattern(n, acc, s) for s, acc in enumerate(accs)]).astype(float)
-              for task, n, accs in (("t0", 20, (0.80, 0.85, 0.90)), ("t1", 40, (0.70, 0.75, 0.80)))}
+    blocks = {
+        task: np.stack([correct_pattern(n, acc, s) for s, acc in enumerate(accs)]).astype(float)
+        for task, n, accs in (("t0", 20, (0.80, 0.85, 0.90)), ("t1", 40, (0.70, 0.75, 0.80)))
+    }
     pooled, t0 = bootstrap_interval(blocks), bootstrap_interval({"t0": blocks["t0"]})
-    assert row(summary, "map-ex", 0.3)[["top1_pct_low", "top1_pct_high"]].tolist() == \
-        pytest.approx([100 * pooled.low, 100 * pooled.high])
-    assert row(summary, "map-ex", 0.3, "t0")[["top1_pct_low", "top1_pct_high"]].tolist() == \
-        pytest.approx([100 * t0.low, 100 * t0.high])
+    assert row(summary, "map-ex", 0.3)[["top1_pct_low", "top1_pct_high"]].tolist() == pytest.approx(
+        [100 * pooled.low, 100 * pooled.high]
+    )
+    assert row(summary, "map-ex", 0.3, "t0")[["top1_pct_low", "top1_pct_high"]].tolist() == pytest.approx(
+        [100 * t0.low, 100 * t0.high]
+    )
     assert 70 < 100 * pooled.low < 80 < 100 * pooled.high < 90
 
 
@@ -211,17 +233,23 @@ def test_summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> None:
 
 
 def test_environment_line_counts_differing_environments(tmp_path: Path) -> None:
-    paths = [write_run(tmp_path, run_record("t0", "l1", 0.3, s, 0.7, env={**ENV, "threads": t}))
-             for s, t in ((0, 2), (1, 2), (2, 8))]
+    paths = [
+        write_run(tmp_path, run_record("t0", "l1", 0.3, s, 0.7, env={**ENV, "threads": t}))
+        for s, t in ((0, 2), (1, 2), (2, 8))
+    ]
     line = report.environment_line(report.load_runs(paths))
     assert "threads=2, torch=2.5.0 (2 runs); " in line and "threads=8, torch=2.5.0 (1 runs)" in line
-    nested = write_run(tmp_path / "n", run_record("t0", "l1", 0.3, 0, 0.7, env={"cpu": "x", "versions": {"torch": "2.5"}}))
+    nested = write_run(
+        tmp_path / "n", run_record("t0", "l1", 0.3, 0, 0.7, env={"cpu": "x", "versions": {"torch": "2.5"}})
+    )
     assert report.environment_line(report.load_runs([nested])) == "Environment: cpu=x, torch=2.5"
 
 
 def test_markdown_without_tabulate(monkeypatch: pytest.MonkeyPatch, summary: pd.DataFrame) -> None:
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tabulate" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tabulate" else find_spec(name, *a)
+    )
     lines = report.summary_markdown(summary).splitlines()
     start = lines.index("### pooled over 2 task(s)") + 2
     assert lines[start].startswith("| Row | Ratio | Seeds | Top-1 (%) [95% CI] |")
@@ -241,9 +269,16 @@ def test_best_baseline_is_chosen_on_validation_never_on_test(comparisons: pd.Dat
 
 
 def test_map_ex_family_rows_are_never_the_best_baseline(tmp_path: Path) -> None:
-    records = [run_record("t0", name, 0.5, 0, 0.7, base_criterion=base, val_top1=val)
-               for name, base, val in (("map-ex", "map-ex", 0.5), ("map", "map", 0.9),
-                                       ("map-ex-contrast", "map-ex", 0.9), ("l1", "l1", 0.6), ("taylor", "taylor", 0.55))]
+    records = [
+        run_record("t0", name, 0.5, 0, 0.7, base_criterion=base, val_top1=val)
+        for name, base, val in (
+            ("map-ex", "map-ex", 0.5),
+            ("map", "map", 0.9),
+            ("map-ex-contrast", "map-ex", 0.9),
+            ("l1", "l1", 0.6),
+            ("taylor", "taylor", 0.55),
+        )
+    ]
     runs = report.load_runs([write_run(tmp_path, r) for r in records])
     assert report.best_baseline(runs) == "l1"
     assert report.best_baseline(runs[runs["criterion"].isin(["map-ex", "map"])]) is None
@@ -276,10 +311,13 @@ def test_an_interval_around_zero_is_not_a_difference(tmp_path: Path) -> None:
 
 
 def test_pooled_comparison_pairs_each_task_with_its_own_best_baseline(tmp_path: Path) -> None:
-    records = [run_record(task, name, 0.5, s, acc, val_top1=val)
-               for task, vals in (("t0", {"l1": 0.8, "taylor": 0.6}), ("t1", {"l1": 0.6, "taylor": 0.8}))
-               for name, acc in (("map-ex", 0.8), ("l1", 0.7), ("taylor", 0.6)) for s in (0, 1)
-               for val in [vals.get(name, 0.5)]]
+    records = [
+        run_record(task, name, 0.5, s, acc, val_top1=val)
+        for task, vals in (("t0", {"l1": 0.8, "taylor": 0.6}), ("t1", {"l1": 0.6, "taylor": 0.8}))
+        for name, acc in (("map-ex", 0.8), ("l1", 0.7), ("taylor", 0.6))
+        for s in (0, 1)
+        for val in [vals.get(name, 0.5)]
+    ]
     table = report.comparisons_table(report.load_runs([write_run(tmp_path, r) for r in records]))
     assert row(table, "map-ex − best baseline", 0.5, "t1", key="comparison")["against"] == "taylor"
     pooled = row(table, "map-ex − best baseline", 0.5, key="comparison")
@@ -300,8 +338,9 @@ def test_comparison_sentences(comparisons: pd.DataFrame, tmp_path: Path) -> None
     assert "- At ratio 0.3, map-ex − best baseline (l1): +10.0 points [" in excluded
     assert included.strip().endswith("- none.")
     rng = np.random.default_rng(0)
-    same = report.comparisons_table(report.load_runs(
-        paired_runs(tmp_path, rng.uniform(size=200) < 0.7, rng.uniform(size=200) < 0.7)))
+    same = report.comparisons_table(
+        report.load_runs(paired_runs(tmp_path, rng.uniform(size=200) < 0.7, rng.uniform(size=200) < 0.7))
+    )
     excluded, included = report.comparison_sentences(same, task="t0").split("**Differences whose 95% CI includes 0")
     assert "- none." in excluded and "map-ex − best baseline (l1)" in included
 
@@ -322,7 +361,9 @@ def test_sanity_table_by_hand(tmp_path: Path) -> None:
     assert set(table["task"]) == {"t0", "t1", "pooled"}
     ours, l1 = row(table, "map-ex", 0.3), row(table, "l1", 0.6, "t1")
     assert (ours["top_pct"], ours["bottom_pct"]) == pytest.approx((80.0, 30.0))
-    assert (ours["random_mean_pct"], ours["random_min_pct"], ours["random_max_pct"]) == pytest.approx((54.0, 50.0, 58.0))
+    assert (ours["random_mean_pct"], ours["random_min_pct"], ours["random_max_pct"]) == pytest.approx(
+        (54.0, 50.0, 58.0)
+    )
     assert ours["random_std_pct"] == pytest.approx(np.std([50, 52, 54, 56, 58], ddof=1))
     assert ours["n_random"] == 5 and ours["n_tasks"] == 2
     assert ours["ranks"] and not l1["ranks"]  # l1's top (55 %) is inside the random draws (50-58 %)
@@ -333,8 +374,12 @@ def test_sanity_table_by_hand(tmp_path: Path) -> None:
 def test_pooled_sanity_averages_each_draw_over_tasks(tmp_path: Path) -> None:
     lines = ["task,criterion,ratio,case,draw,val_top1"]
     for task, shift in (("t0", 0.0), ("t1", 0.1)):
-        lines += [f"{task},l1,0.5,top,0,{0.6 + shift}", f"{task},l1,0.5,bottom,0,{0.2 + shift}",
-                  f"{task},l1,0.5,random,0,{0.4 + shift}", f"{task},l1,0.5,random,1,{0.5 - shift}"]
+        lines += [
+            f"{task},l1,0.5,top,0,{0.6 + shift}",
+            f"{task},l1,0.5,bottom,0,{0.2 + shift}",
+            f"{task},l1,0.5,random,0,{0.4 + shift}",
+            f"{task},l1,0.5,random,1,{0.5 - shift}",
+        ]
     path = tmp_path / "sanity.csv"
     path.write_text("\n".join(lines) + "\n")
     pooled = row(report.sanity_table([path]), "l1", 0.5)
@@ -342,11 +387,14 @@ def test_pooled_sanity_averages_each_draw_over_tasks(tmp_path: Path) -> None:
     assert (pooled["random_min_pct"], pooled["random_max_pct"], pooled["top_pct"]) == pytest.approx((45, 45, 65))
 
 
-@pytest.mark.parametrize("bad, message", [("top", r"lacks case \['bottom'\]"), ("middle", r"'case' has values \['middle'\]")])
+@pytest.mark.parametrize(
+    "bad, message", [("top", r"lacks case \['bottom'\]"), ("middle", r"'case' has values \['middle'\]")]
+)
 def test_sanity_csv_errors(tmp_path: Path, bad: str, message: str) -> None:
     path = tmp_path / "sanity.csv"
-    path.write_text(f"task,criterion,ratio,case,draw,val_top1\nt0,l1,0.5,top,0,0.6\nt0,l1,0.5,random,0,0.5\n"
-                    f"t0,l1,0.5,{bad},0,0.2\n")
+    path.write_text(
+        f"task,criterion,ratio,case,draw,val_top1\nt0,l1,0.5,top,0,0.6\nt0,l1,0.5,random,0,0.5\nt0,l1,0.5,{bad},0,0.2\n"
+    )
     with pytest.raises(UserError, match=rf"sanity.csv: .*{message}"):
         report.sanity_table([path])
 
@@ -457,13 +505,18 @@ def test_accuracy_vs_macs_draws_the_pooled_rows(summary: pd.DataFrame, figures: 
 def test_build_report_writes_every_table_and_figure(tmp_path: Path, run_files: list[Path]) -> None:
     out = tmp_path / "results"
     written = report.build_report(
-        run_files, out, sanity_csvs=[write_sanity_csv(tmp_path / "sanity.csv")],
-        sensitivity_csvs=[write_sensitivity_csv(tmp_path / "sens.csv")], latency_csv=write_latency_csv(tmp_path / "lat.csv"),
-        samples_csv=write_samples_csv(tmp_path / "samples.csv"), response_maps=write_response_npz(tmp_path / "maps.npz"),
-        history=[write_history(tmp_path / f"h{s}.csv", s) for s in (0, 1)])
+        run_files,
+        out,
+        sanity_csvs=[write_sanity_csv(tmp_path / "sanity.csv")],
+        sensitivity_csvs=[write_sensitivity_csv(tmp_path / "sens.csv")],
+        latency_csv=write_latency_csv(tmp_path / "lat.csv"),
+        samples_csv=write_samples_csv(tmp_path / "samples.csv"),
+        response_maps=write_response_npz(tmp_path / "maps.npz"),
+        history=[write_history(tmp_path / f"h{s}.csv", s) for s in (0, 1)],
+    )
     for name in ("summary", "comparisons", "sanity", "latency"):
         assert (out / "tables" / f"{name}.csv").is_file() and (out / "tables" / f"{name}.md").is_file()
-    for stem in report.FIGURE_CAPTIONS:
+    for stem in FIGURES:
         assert_png_and_pdf(out / "figures" / stem)
     assert sorted(written) == sorted(p for p in out.rglob("*") if p.is_file())
     metrics = json.loads((out / "tables" / "summary.json").read_text())
@@ -475,15 +528,19 @@ def test_build_report_writes_every_table_and_figure(tmp_path: Path, run_files: l
 
 
 def test_build_report_with_runs_only_and_another_focus_row(tmp_path: Path) -> None:
-    records = [run_record("t0", name, 0.5, s, acc, base_criterion=base)
-               for name, base, acc in (("map-ex-contrast", "map-ex", 0.8), ("l1", "l1", 0.6), ("random", "random", 0.5))
-               for s in (0, 1)]
+    records = [
+        run_record("t0", name, 0.5, s, acc, base_criterion=base)
+        for name, base, acc in (("map-ex-contrast", "map-ex", 0.8), ("l1", "l1", 0.6), ("random", "random", 0.5))
+        for s in (0, 1)
+    ]
     paths = [write_run(tmp_path / "runs", r) for r in records]
     out = tmp_path / "results"
     report.build_report(paths, out, focus_row="map-ex-contrast", n_resamples=500)
     assert {p.name for p in (out / "figures").iterdir()} == {
-        f"{stem}.{ext}" for stem in ("accuracy_vs_ratio", "accuracy_vs_macs", "filters_per_layer", "paired_differences")
-        for ext in ("png", "pdf")}
+        f"{stem}.{ext}"
+        for stem in ("accuracy_vs_ratio", "accuracy_vs_macs", "filters_per_layer", "paired_differences")
+        for ext in ("png", "pdf")
+    }
     assert not (out / "tables" / "sanity.csv").exists()
     table = pd.read_csv(out / "tables" / "comparisons.csv")
     assert "map-ex-contrast − best baseline" in set(table["comparison"])
@@ -520,8 +577,13 @@ def test_response_maps_missing_array(tmp_path: Path) -> None:
 
 def test_response_maps_shape_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "maps.npz"
-    np.savez(path, images=np.zeros((2, 3, 8, 8)), maps=np.zeros((2, 2, 8, 8)), boxes=np.zeros((0, 5)),
-             panel_titles=np.array(["only one"]))
+    np.savez(
+        path,
+        images=np.zeros((2, 3, 8, 8)),
+        maps=np.zeros((2, 2, 8, 8)),
+        boxes=np.zeros((0, 5)),
+        panel_titles=np.array(["only one"]),
+    )
     with pytest.raises(UserError, match="1 titles"):
         report.plot_response_maps(path, tmp_path / "out")
 
@@ -539,8 +601,10 @@ def test_samples_study_without_the_before_fine_tuning_column_has_two_panels(tmp_
     figures = []
     monkeypatch.setattr(report, "_save", lambda fig, stem: figures.append(fig))
     report.plot_samples_study(path, tmp_path / "out")
-    assert [ax.get_ylabel() for ax in figures[0].axes] == ["Spearman ρ with all samples",
-                                                          "Test top-1 after pruning\nand fine-tuning (%)"]
+    assert [ax.get_ylabel() for ax in figures[0].axes] == [
+        "Spearman ρ with all samples",
+        "Test top-1 after pruning\nand fine-tuning (%)",
+    ]
 
 
 def test_samples_study_missing_column(tmp_path: Path) -> None:
@@ -557,12 +621,12 @@ def test_training_curves(tmp_path: Path, legends) -> None:
     assert {"train", "validation"} <= legends[0]
 
 
-def test_captions_cover_every_figure_and_match_the_workflow_files() -> None:
-    figures = {name.removeprefix("plot_") for name in dir(report) if name.startswith("plot_")}
-    assert set(report.FIGURE_CAPTIONS) == figures
-    for stem, caption in report.FIGURE_CAPTIONS.items():
-        assert caption.endswith(".")
-        assert (CAPTIONS / f"{stem}.rst").read_text().strip() == caption, stem
+def test_every_figure_has_its_one_caption_in_the_workflow_report() -> None:
+    """The captions live in one place, ``workflow/report/<figure>.rst`` (Snakemake's report reads them)."""
+    assert {path.stem for path in CAPTIONS.glob("*.rst")} == set(FIGURES)
+    for stem in FIGURES:
+        caption = (CAPTIONS / f"{stem}.rst").read_text().strip()
+        assert caption.endswith(".") and "\n\n" not in caption, stem
 
 
 def test_report_imports_no_model_code() -> None:

@@ -1,7 +1,9 @@
 """Activation taps and Map-EX filter scores: hand-worked cases and an independent naive reference."""
+
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -39,12 +41,14 @@ def identity_conv(kernel: int) -> nn.Conv2d:
     return conv
 
 
-FOUR_BY_FOUR = torch.tensor([
-    [1.0, 2, 2, 2],
-    [3, 4, 2, 2],
-    [2, 2, -4, 0],
-    [0, 0, 0, 0],
-])
+FOUR_BY_FOUR = torch.tensor(
+    [
+        [1.0, 2, 2, 2],
+        [3, 4, 2, 2],
+        [2, 2, -4, 0],
+        [0, 0, 0, 0],
+    ]
+)
 TOP_LEFT = torch.tensor([[0.0, 0, 2, 2]])  # pixels (0..1, 0..1)
 
 
@@ -168,7 +172,8 @@ def naive_weight(geometry: tuple, y: int, x: int, boxes: Tensor, size: int, meth
     cols = [p for p in range(int(cx - (r - 1) / 2), int(cx - (r - 1) / 2) + r) if 0 <= p < size]
     covered = sum(
         any(x0 <= px <= x1 - 1 and y0 <= py <= y1 - 1 for x0, y0, x1, y1 in boxes.tolist())
-        for py in rows for px in cols
+        for py in rows
+        for px in cols
     )
     return covered / (len(rows) * len(cols))
 
@@ -188,8 +193,13 @@ def naive_scores(
         fg, bg = [], []
         for i in range(len(images)):
             h, w = maps.shape[2:]
-            weights = torch.tensor([[naive_weight(HAND_GEOMETRY[name], y, x, boxes[i], images.shape[-1], method)
-                                     for x in range(w)] for y in range(h)], dtype=torch.float64)
+            weights = torch.tensor(
+                [
+                    [naive_weight(HAND_GEOMETRY[name], y, x, boxes[i], images.shape[-1], method) for x in range(w)]
+                    for y in range(h)
+                ],
+                dtype=torch.float64,
+            )
             if weights.sum() > 0:
                 fg.append((weights * maps[i]).sum(dim=(1, 2)) / weights.sum())
             if (1 - weights).sum() > 0:
@@ -202,7 +212,7 @@ def naive_scores(
 
 
 def in_batches(images: Tensor, boxes: list[Tensor], size: int) -> list[tuple[Tensor, list[Tensor]]]:
-    return [(images[i:i + size], boxes[i:i + size]) for i in range(0, len(images), size)]
+    return [(images[i : i + size], boxes[i : i + size]) for i in range(0, len(images), size)]
 
 
 def test_small_net_geometry_is_the_hand_one():
@@ -275,10 +285,13 @@ def test_bad_arguments_are_user_errors():
         filter_scores(model, [(images, boxes)], field="measured", progress=False)
 
 
-@pytest.mark.parametrize("variant, message", [
-    ({"score": "contrast"}, "score 'contrast' needs tap 'nonneg'"),
-    ({"method": "map", "field": "effective"}, "field 'effective' applies to method 'map-ex' only"),
-])
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ({"score": "contrast"}, "score 'contrast' needs tap 'nonneg'"),
+        ({"method": "map", "field": "effective"}, "field 'effective' applies to method 'map-ex' only"),
+    ],
+)
 def test_variant_combinations_outside_the_spec_are_user_errors(variant, message):
     images, boxes = random_task(2)
     with pytest.raises(UserError, match=message):
@@ -367,8 +380,8 @@ def test_module_activations_are_applied(activation):
 def test_every_torchvision_conv_is_tapped_once_per_forward():
     for build in (torchvision.models.vgg16_bn, torchvision.models.mobilenet_v2):
         model = build(num_classes=3).eval()
-        counts: dict[str, int] = {}
-        with torch.no_grad(), tap_activations(model, lambda name, _: counts.__setitem__(name, counts.get(name, 0) + 1)):
+        counts: Counter[str] = Counter()
+        with torch.no_grad(), tap_activations(model, lambda name, _, seen=counts: seen.update([name])):
             model(torch.randn(1, 3, 32, 32))
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         assert counts == dict.fromkeys(convs, 1)
@@ -392,10 +405,15 @@ def test_rank_correlation_is_spearman_with_ties_averaged_over_layers():
     import pandas as pd
 
     generator = torch.Generator().manual_seed(0)
-    reference = {"a": torch.randint(0, 5, (40,), generator=generator).float(), "b": torch.randn(12, generator=generator)}
-    scores = {"a": reference["a"] + torch.randint(0, 3, (40,), generator=generator), "b": -reference["b"] ** 3}
-    expected = [pd.DataFrame({"s": scores[k].numpy(), "r": reference[k].numpy()}).corr(method="spearman").iloc[0, 1]
-                for k in "ab"]
+    reference = {
+        "a": torch.randint(0, 5, (40,), generator=generator).float(),
+        "b": torch.randn(12, generator=generator),
+    }
+    scores = {"a": reference["a"] + torch.randint(0, 3, (40,), generator=generator), "b": -(reference["b"] ** 3)}
+    expected = [
+        pd.DataFrame({"s": scores[k].numpy(), "r": reference[k].numpy()}).corr(method="spearman").iloc[0, 1]
+        for k in "ab"
+    ]
     assert rank_correlation(scores, reference) == pytest.approx(sum(expected) / 2)
     assert rank_correlation(reference, reference) == pytest.approx(1.0)
     assert rank_correlation({"b": -reference["b"]}, {"b": reference["b"]}) == pytest.approx(-1.0)
@@ -415,8 +433,12 @@ def test_response_maps_show_the_top_and_bottom_filters_by_score():
     scores = {name: activation.mean((0, 2, 3)) for name, activation in consumed.items()}
     maps, titles = response_maps(model, images, scores, ["conv1", "conv2"], fraction=0.25)
     assert maps.shape == (3, 4, 16, 16)
-    assert titles == ["conv1\ntop 25% filters", "conv1\nbottom 25% filters",
-                      "conv2\ntop 25% filters", "conv2\nbottom 25% filters"]
+    assert titles == [
+        "conv1\ntop 25% filters",
+        "conv1\nbottom 25% filters",
+        "conv2\ntop 25% filters",
+        "conv2\nbottom 25% filters",
+    ]
     best = int(scores["conv1"].argmax())
     assert torch.allclose(maps[:, 0], consumed["conv1"][:, best], atol=1e-5)  # 16x16 map: no resampling
     for top, bottom in ((0, 1), (2, 3)):
@@ -564,10 +586,15 @@ def test_effective_weights_vary_across_resnet18_layer4_where_theoretical_ones_ar
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("score, tap, field", [
-    ("diff", "consumed", "theoretical"), ("contrast", "nonneg", "theoretical"),
-    ("diff", "consumed", "effective"), ("contrast", "nonneg", "effective"),
-])
+@pytest.mark.parametrize(
+    "score, tap, field",
+    [
+        ("diff", "consumed", "theoretical"),
+        ("contrast", "nonneg", "theoretical"),
+        ("diff", "consumed", "effective"),
+        ("contrast", "nonneg", "effective"),
+    ],
+)
 def test_variants_on_cuda_agree_with_cpu(score, tap, field, monkeypatch):
     # TF32 convolutions round inputs to 10 bits: compare the code paths at float32 precision
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO
 from mapex import experiment, studies
 from mapex.config import load_params
 from mapex.criteria import get_criterion
@@ -12,8 +13,6 @@ from mapex.models import build_model, reinitialise
 from mapex.pipeline import Row, row
 from mapex.prune import prunable_groups, prune_model
 
-from conftest import REPO
-
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory, tiny_imagenet):
@@ -21,8 +20,12 @@ def tiny_setup(tmp_path_factory, tiny_imagenet):
     params = yaml.safe_load((REPO / "config/ci.yaml").read_text())
     params["model"] = {"arch": "tiny-resnet", "stem": "small", "pretrained": False}
     params["data"].update(max_per_class=15, max_test_per_class=4, image_size=32)
-    params["sanity"] = {"criteria": ["l1", "bn-scale", "l1-global"], "ratios": [0.5], "random_draws": 3,
-                        "recalibrate_bn": 1}
+    params["sanity"] = {
+        "criteria": ["l1", "bn-scale", "l1-global"],
+        "ratios": [0.5],
+        "random_draws": 3,
+        "recalibrate_bn": 1,
+    }
     params["sensitivity"] = {"criteria": ["l1", "random"], "fraction": 0.5, "recalibrate_bn": 1}
     params["prune"]["ratios"] = [0.5]
     path = tmp_path_factory.mktemp("params") / "params.yaml"
@@ -35,8 +38,10 @@ def tiny_setup(tmp_path_factory, tiny_imagenet):
 
 
 def _scores(params, model, names):
-    return {name: experiment.compute_scores(params, model, row(params, name), None, 0,
-                                            torch.device("cpu")) for name in names}
+    return {
+        name: experiment.compute_scores(params, model, row(params, name), None, 0, torch.device("cpu"))
+        for name in names
+    }
 
 
 def test_sanity_has_top_bottom_and_random_cases_with_shared_random_draws(tiny_setup):
@@ -99,12 +104,22 @@ def test_latency_is_measured_once_per_distinct_shape(tiny_setup, tmp_path):
         criterion.compute(copy)
         report = prune_model(copy, criterion, ratio, example, global_pruning=spec.global_ranking, round_to=None)
         pruned[name] = copy
-        runs.append({"run": name, "task": "t", "seed": 0 if name != "l1-global" else 1, "criterion": name,
-                     "ratio": ratio, "filters_after": report.filters_after, "macs": report.macs_after,
-                     "params": report.params_after})
+        runs.append(
+            {
+                "run": name,
+                "task": "t",
+                "seed": 0 if name != "l1-global" else 1,
+                "criterion": name,
+                "ratio": ratio,
+                "filters_after": report.filters_after,
+                "macs": report.macs_after,
+                "params": report.params_after,
+            }
+        )
     loaded = []
-    table = studies.latency_by_shape(params, runs, lambda run: loaded.append(run) or pruned[run], model,
-                                     onnx_dir=tmp_path)
+    table = studies.latency_by_shape(
+        params, runs, lambda run: loaded.append(run) or pruned[run], model, onnx_dir=tmp_path
+    )
     shapes = {studies.shape_key(run["filters_after"]) for run in runs}
     assert len(table) == len(shapes) == len(loaded)
     local = table[table["rows"].str.contains("bn-scale")]

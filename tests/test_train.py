@@ -48,14 +48,18 @@ def _loaders(kill_after: int | None = None) -> tuple[DataLoader, DataLoader]:
 def _model(init_seed: int = 0) -> nn.Module:
     torch.manual_seed(init_seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, CLASSES),
     )
 
 
 def _config(**changes) -> TrainConfig:
-    base = TrainConfig(epochs=3, batch_size=16, lr=0.1, weight_decay=5e-4, momentum=0.9,
-                       label_smoothing=0.1, seed=7)
+    base = TrainConfig(epochs=3, batch_size=16, lr=0.1, weight_decay=5e-4, momentum=0.9, label_smoothing=0.1, seed=7)
     return dataclasses.replace(base, **changes)
 
 
@@ -112,8 +116,10 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_i
     assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
     assert resumed.best_epoch == uninterrupted.best_epoch
     _assert_same_weights(resumed.best_state, uninterrupted.best_state)
-    assert torch.equal(load_torch(resumed_dir / "last.pt")["model"]["6.weight"],
-                       load_torch(tmp_path / "whole" / "last.pt")["model"]["6.weight"])
+    assert torch.equal(
+        load_torch(resumed_dir / "last.pt")["model"]["6.weight"],
+        load_torch(tmp_path / "whole" / "last.pt")["model"]["6.weight"],
+    )
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):
@@ -216,5 +222,7 @@ def test_resume_is_exact_with_the_projects_augmenting_loader(tmp_path):
     resumed = fit_on(tmp_path / "resumed", KilledAt(_model(init_seed=99), call=-1))
     assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
     _assert_same_weights(resumed.best_state, uninterrupted.best_state)
-    assert torch.equal(load_torch(tmp_path / "resumed" / "last.pt")["model"]["inner.6.weight"],
-                       load_torch(tmp_path / "whole" / "last.pt")["model"]["inner.6.weight"])
+    assert torch.equal(
+        load_torch(tmp_path / "resumed" / "last.pt")["model"]["inner.6.weight"],
+        load_torch(tmp_path / "whole" / "last.pt")["model"]["inner.6.weight"],
+    )

@@ -1,4 +1,5 @@
 """The two-way (seeds × test images) bootstrap of mapex.uncertainty."""
+
 from __future__ import annotations
 
 import itertools
@@ -41,8 +42,11 @@ def test_draws_are_fixed_per_task_and_independent_between_tasks() -> None:
 def test_exact_bootstrap_distribution_of_a_two_by_two_matrix() -> None:
     """All 2 × 2 × 2 × 2 equally likely seed and image draws, enumerated by hand."""
     block = np.array([[1.0, 0.0], [1.0, 1.0]])
-    exact = [block[np.ix_(s, i)].mean() for s in itertools.product(range(2), repeat=2)
-             for i in itertools.product(range(2), repeat=2)]
+    exact = [
+        block[np.ix_(s, i)].mean()
+        for s in itertools.product(range(2), repeat=2)
+        for i in itertools.product(range(2), repeat=2)
+    ]
     means = resampled_means(block, "t", 20_000)
     assert means.mean() == pytest.approx(np.mean(exact), abs=0.01)
     assert means.var() == pytest.approx(np.var(exact), rel=0.05)
@@ -99,8 +103,9 @@ def test_malformed_block_is_refused() -> None:
         bootstrap_interval({})
 
 
-def simulated_paired_experiment(rng: np.random.Generator, n_seeds: int, n_images: int,
-                                seed_sd: float) -> tuple[np.ndarray, np.ndarray]:
+def simulated_paired_experiment(
+    rng: np.random.Generator, n_seeds: int, n_images: int, seed_sd: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows A and B whose true accuracy difference over the image population is exactly 0.05.
 
     Each image has a base accuracy p ~ U(0.2, 0.7) and a gain d in {−0.10, 0, +0.25} (equally

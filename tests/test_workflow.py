@@ -3,20 +3,33 @@
 These run the real pipeline (fetch, baseline training, every criterion, two ratios, fine-tuning,
 evaluation, tables and figures) on a small subset, each in its own copy of the repository.
 """
+
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, dry_run_jobs, dvc_stage_files, same_files
+from mapex.pipeline import UNPRUNED, run_ids
 
 pytestmark = pytest.mark.e2e
 CI_CONFIG = "config/ci.yaml"
-FIGURES = ["accuracy_vs_ratio", "accuracy_vs_macs", "paired_differences", "sanity_check", "layer_sensitivity",
-           "filters_per_layer", "response_maps", "samples_study", "training_curves"]
+FIGURES = [
+    "accuracy_vs_ratio",
+    "accuracy_vs_macs",
+    "paired_differences",
+    "sanity_check",
+    "layer_sensitivity",
+    "filters_per_layer",
+    "response_maps",
+    "samples_study",
+    "training_curves",
+]
 TABLES = ["summary", "comparisons", "sanity", "latency"]
 
 
@@ -25,8 +38,9 @@ def _copy_repo(dest: Path) -> Path:
 
     Both orchestrators then read the same params.yaml, as they do for a user.
     """
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     for name in filter(None, listed):
         source = REPO / name
         if source.is_symlink():
@@ -36,8 +50,11 @@ def _copy_repo(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     shutil.copy(dest / CI_CONFIG, dest / "params.yaml")
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "copy"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "copy"],
+    ):
         subprocess.run(command, cwd=dest, check=True)
     return dest
 
@@ -91,6 +108,32 @@ def test_dvc_repro_produces_the_same_numbers(snakemake_tree, dvc_tree):
     pd.testing.assert_frame_equal(snake[columns].sort_index(), dvc[columns].sort_index())
 
 
+def test_snakemake_killed_during_a_forced_rerun_loses_nothing(snakemake_tree):
+    """SIGKILL of Snakemake and its job: the next plain run rebuilds the deleted run and the tables."""
+    before = _results(snakemake_tree)
+    params = yaml.safe_load((snakemake_tree / "params.yaml").read_text())
+    run = next(run for run in run_ids(params) if f"/{UNPRUNED}/" not in run)
+    metrics = _kill_mid_run(["snakemake", "--cores", "1", "--forcerun", f"results/runs/{run}.json"], snakemake_tree)
+    assert metrics == snakemake_tree / f"results/runs/{run}.json" and not metrics.exists()
+    _run(["snakemake", "--unlock"], snakemake_tree)
+    _run(["snakemake", "--cores", "2"], snakemake_tree)
+    assert _results(snakemake_tree) == before
+    assert (snakemake_tree / f"work/models/{run}.pt").exists()
+    assert "Nothing to be done" in _run(["snakemake", "-n"], snakemake_tree)
+
+
+def test_dvc_repro_killed_mid_stage_loses_nothing(dvc_tree):
+    """SIGKILL of `dvc repro` and its stage: the next plain `dvc repro` rebuilds it."""
+    before = _results(dvc_tree)
+    stages = _run(["dvc", "stage", "list", "--name-only"], dvc_tree).split()
+    stage = next(name for name in stages if name.startswith("run@"))
+    metrics = _kill_mid_run(["dvc", "repro", "--force", "--single-item", stage], dvc_tree)
+    assert not metrics.exists()
+    _run(["dvc", "repro"], dvc_tree)
+    assert _results(dvc_tree) == before
+    assert "up to date" in _run(["dvc", "status"], dvc_tree)
+
+
 def test_after_snakemake_dvc_commit_then_repro_retrains_nothing(snakemake_tree):
     model = snakemake_tree / "work/baseline/model.pt"
     stamp = model.stat().st_mtime_ns
@@ -98,6 +141,54 @@ def test_after_snakemake_dvc_commit_then_repro_retrains_nothing(snakemake_tree):
     output = _run(["dvc", "repro"], snakemake_tree)
     assert "Running stage" not in output, output[-2000:]
     assert model.stat().st_mtime_ns == stamp
+
+
+# One change per section (and per prune key) of params.yaml, each to another valid value.
+PARAM_CHANGES = {
+    "data.val_fraction": 0.25,
+    "model.stem": "small",
+    "device": "cpu",
+    "workers": 1,
+    "train.lr": 0.04,
+    "finetune.lr": 0.02,
+    "statistics.samples_per_class": 6,
+    "criterion_options.map-ex.score": "fg",
+    "variants.map-ex-erf.score": "contrast",
+    "prune.round_to": 4,
+    "prune.global": True,
+    "sanity.random_draws": 3,
+    "sensitivity.fraction": 0.4,
+    "evaluate.latency_reps": 3,
+    "samples_study.n_per_class": [1, 2],
+    "response_maps.images": 3,
+}
+
+
+def test_every_rule_and_its_dvc_stage_rerun_for_the_same_param_changes(snakemake_tree):
+    """The rerun triggers compared, not only the commands: after each change of one param, the jobs
+    Snakemake reruns because their params changed are exactly the stages `dvc status` lists as such."""
+    _run(["dvc", "commit", "-f"], snakemake_tree)
+    stages = dvc_stage_files(snakemake_tree)
+    original = (snakemake_tree / "params.yaml").read_text()
+    try:
+        for key, value in PARAM_CHANGES.items():
+            params = yaml.safe_load(original)
+            *path, last = key.split(".")
+            section = params
+            for name in path:
+                section = section[name]
+            assert last in section and section[last] != value, key
+            section[last] = value
+            (snakemake_tree / "params.yaml").write_text(yaml.safe_dump(params))
+            snake = {
+                _stage_of(job, stages)
+                for job in dry_run_jobs(_run(["snakemake", "-n"], snakemake_tree))
+                if "Params have changed" in job.get("reason", "")
+            }
+            assert snake == _stages_with_changed_params(snakemake_tree), key
+    finally:
+        (snakemake_tree / "params.yaml").write_text(original)
+    assert "Nothing to be done" in _run(["snakemake", "-n"], snakemake_tree)
 
 
 def test_after_dvc_repro_snakemake_finds_nothing_to_do(dvc_tree):
@@ -169,3 +260,61 @@ def _job_counts(dry_run_output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+def _results(root: Path) -> dict[str, str]:
+    """What a killed and resumed pipeline must reproduce exactly: every run's file and the tables."""
+    files = [
+        *(root / "results/runs").rglob("*.json"),
+        *(root / "results/tables" / f"{name}.csv" for name in ("summary", "comparisons", "sanity")),
+    ]
+    return {str(path.relative_to(root)): path.read_text() for path in sorted(files)}
+
+
+def _kill_mid_run(command: list[str], cwd: Path) -> Path:
+    """Start an orchestrator; once it has a `mapex run` job under way, SIGKILL it and every process
+    under it (no clean-up can run). Returns the results file of the job that was killed."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    orchestrator = psutil.Process(process.pid)
+    deadline = time.monotonic() + 600
+    while (job := _mapex_run_under(orchestrator)) is None:
+        assert process.poll() is None, f"{' '.join(command)} ended before a run job started"
+        assert time.monotonic() < deadline, f"{' '.join(command)} started no run job"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the job: past start-up, before its outputs are written
+    orchestrator.suspend()
+    for victim in [*orchestrator.children(recursive=True), orchestrator]:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+    return cwd / job[job.index("--metrics") + 1]
+
+
+def _mapex_run_under(orchestrator: psutil.Process) -> list[str] | None:
+    """The command line of a `mapex run` process under the orchestrator (not its shell), if any."""
+    for child in orchestrator.children(recursive=True):
+        try:
+            command = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if "run" in command and "--metrics" in command:
+            return command
+    return None
+
+
+def _stage_of(job: dict[str, str], stages: dict[str, tuple[frozenset[str], frozenset[str]]]) -> str:
+    outputs = set(job["output"].split(", "))
+    return next(name for name, (_, outs) in stages.items() if same_files(outputs, outs))
+
+
+def _stages_with_changed_params(root: Path) -> set[str]:
+    import json
+
+    status = json.loads(_run(["dvc", "status", "--json"], root).strip().splitlines()[-1])
+    return {
+        name
+        for name, changes in status.items()
+        if any(isinstance(change, dict) and "params.yaml" in change.get("changed deps", {}) for change in changes)
+    }

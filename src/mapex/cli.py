@@ -4,14 +4,16 @@ Snakemake rules and dvc.yaml stages call these subcommands and nothing else, so 
 orchestrators run exactly the same code. This module owns arguments, paths, reading params and
 writing result files; the domain work lives in the modules it calls.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mapex.io import UserError
 
@@ -110,16 +112,41 @@ def cmd_train(args: argparse.Namespace) -> None:
     seed_everything(seed)  # the initial weights too
     model = build_model(mp["arch"], len(task.source_classes), stem=mp["stem"], pretrained=mp["pretrained"])
     on = experiment.device(params)
-    result = experiment.fit_model(params, model, params["train"], seed, task.source_train, task.source_val,
-                                  experiment.checkpoint_dir(args.out), on, source=fingerprint(mp), restart=args.restart)
-    _save_fitted(model, result, Path(args.out), Path(args.history),
-                 {**_identity(params), "classes": task.source_classes, "stage": "baseline", "seed": seed})
+    result = experiment.fit_model(
+        params,
+        model,
+        params["train"],
+        seed,
+        task.source_train,
+        task.source_val,
+        experiment.checkpoint_dir(args.out),
+        on,
+        source=fingerprint(mp),
+        restart=args.restart,
+    )
+    _save_fitted(
+        model,
+        result,
+        Path(args.out),
+        Path(args.history),
+        {**_identity(params), "classes": task.source_classes, "stage": "baseline", "seed": seed},
+    )
     test_loader = experiment.loader(params, task.source_test, False, params["train"]["batch_size"], seed)
-    metrics = evaluate_model(model, test_loader, on, experiment.input_size(params),
-                             latency_batches=tuple(params["evaluate"]["latency_batches"]),
-                             latency_reps=params["evaluate"]["latency_reps"])
-    metrics.update(best_epoch=result.best_epoch, n_classes=len(task.source_classes), skipped_samples=task.skipped,
-                   val_top1=max(h["val_top1"] for h in result.history), env=experiment.environment(on))
+    metrics = evaluate_model(
+        model,
+        test_loader,
+        on,
+        experiment.input_size(params),
+        latency_batches=tuple(params["evaluate"]["latency_batches"]),
+        latency_reps=params["evaluate"]["latency_reps"],
+    )
+    metrics.update(
+        best_epoch=result.best_epoch,
+        n_classes=len(task.source_classes),
+        skipped_samples=task.skipped,
+        val_top1=max(h["val_top1"] for h in result.history),
+        env=experiment.environment(on),
+    )
     write_json(args.metrics, metrics)
 
 
@@ -138,10 +165,19 @@ def cmd_scores(args: argparse.Namespace) -> None:
     model = _task_model(params, task, args.model)
     started = time.perf_counter()
     scores = experiment.compute_scores(params, model, spec, samples, args.seed, experiment.device(params))
-    meta = {**_identity(params), "baseline": file_fingerprint(args.model), "num_classes": len(task.task_test.classes),
-            "criterion": args.criterion, "base_criterion": spec.criterion, "options": spec.options,
-            "task": task_name, "n_per_class": n,
-            "n_images": len(samples.samples), "seed": args.seed, "seconds": time.perf_counter() - started}
+    meta = {
+        **_identity(params),
+        "baseline": file_fingerprint(args.model),
+        "num_classes": len(task.task_test.classes),
+        "criterion": args.criterion,
+        "base_criterion": spec.criterion,
+        "options": spec.options,
+        "task": task_name,
+        "n_per_class": n,
+        "n_images": len(samples.samples),
+        "seed": args.seed,
+        "seconds": time.perf_counter() - started,
+    }
     save_scores(args.out, scores, meta)
 
 
@@ -163,9 +199,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     if spec.criterion != UNPRUNED:
         if args.scores is None:
             raise UserError(f"criterion '{args.criterion}' needs --scores")
-        scores, _ = load_scores(args.scores, expect={
-            **_identity(params), "baseline": file_fingerprint(args.model), "num_classes": len(task.task_test.classes),
-            "task": task_name, "criterion": args.criterion, "options": spec.options})
+        scores, _ = load_scores(
+            args.scores,
+            expect={
+                **_identity(params),
+                "baseline": file_fingerprint(args.model),
+                "num_classes": len(task.task_test.classes),
+                "task": task_name,
+                "criterion": args.criterion,
+                "options": spec.options,
+            },
+        )
         report = experiment.prune_task_model(params, model, spec, scores, args.ratio, args.seed)
     if spec.scratch:
         from mapex.models import reinitialise
@@ -174,33 +218,61 @@ def cmd_run(args: argparse.Namespace) -> None:
     test_loader = experiment.loader(params, task.task_test, False, params["finetune"]["batch_size"], 0)
     before = accuracy(model.to(on), test_loader, on)
     source = fingerprint([file_fingerprint(args.model), args.scores and file_fingerprint(args.scores), args.ratio])
-    result = experiment.fit_model(params, model, params["finetune"], args.seed, task.task_train, task.task_val,
-                                  experiment.checkpoint_dir(args.out), on, source=source, restart=args.restart)
-    meta = {**_identity(params), "classes": task.task_test.classes, "task": task_name,
-            "criterion": args.criterion, "ratio": args.ratio, "seed": args.seed, "stage": "finetuned"}
+    result = experiment.fit_model(
+        params,
+        model,
+        params["finetune"],
+        args.seed,
+        task.task_train,
+        task.task_val,
+        experiment.checkpoint_dir(args.out),
+        on,
+        source=source,
+        restart=args.restart,
+    )
+    meta = {
+        **_identity(params),
+        "classes": task.task_test.classes,
+        "task": task_name,
+        "criterion": args.criterion,
+        "ratio": args.ratio,
+        "seed": args.seed,
+        "stage": "finetuned",
+    }
     _save_fitted(model, result, Path(args.out), Path(args.history), meta)
     after = accuracy(model.to(on), test_loader, on, predictions=True)
     pruning = report.to_dict() if report else {}
     macs, n_params = (report.macs_after, report.params_after) if report else _count(model, params)
-    write_json(args.metrics, {
-        **after, **{key: meta[key] for key in ("task", "criterion", "ratio", "seed", "arch")},
-        "base_criterion": spec.criterion, "options": spec.options, "global": spec.global_ranking,
-        "scratch": spec.scratch,
-        "val_top1": result.history[result.best_epoch - 1]["val_top1"], "best_epoch": result.best_epoch,
-        "top1_before_finetune": before["top1"], "size_bytes": file_size(args.out),
-        "params": n_params, "macs": macs,
-        "params_removed": pruning.get("params_removed", 0.0), "macs_removed": pruning.get("macs_removed", 0.0),
-        "filters_before": pruning.get("filters_before", {}), "filters_after": pruning.get("filters_after", {}),
-        "env": experiment.environment(on),
-    })
+    write_json(
+        args.metrics,
+        {
+            **after,
+            **{key: meta[key] for key in ("task", "criterion", "ratio", "seed", "arch")},
+            "base_criterion": spec.criterion,
+            "options": spec.options,
+            "global": spec.global_ranking,
+            "scratch": spec.scratch,
+            "val_top1": result.history[result.best_epoch - 1]["val_top1"],
+            "best_epoch": result.best_epoch,
+            "top1_before_finetune": before["top1"],
+            "size_bytes": file_size(args.out),
+            "params": n_params,
+            "macs": macs,
+            "params_removed": pruning.get("params_removed", 0.0),
+            "macs_removed": pruning.get("macs_removed", 0.0),
+            "filters_before": pruning.get("filters_before", {}),
+            "filters_after": pruning.get("filters_after", {}),
+            "env": experiment.environment(on),
+        },
+    )
 
 
 def _count(model, params: dict[str, Any]) -> tuple[int, int]:
     """(MACs, params) of an unpruned model, counted as :func:`mapex.prune.prune_model` counts them."""
     import torch
 
-    from mapex.prune import count_macs_and_params
     from mapex.experiment import input_size
+    from mapex.prune import count_macs_and_params
 
     return count_macs_and_params(model.cpu(), torch.zeros(1, 3, *input_size(params)))
 
@@ -217,8 +289,10 @@ def _study(args: argparse.Namespace, section: str, study) -> None:
     on = experiment.device(params)
     seed = params["seeds"][0]
     samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
-    scores = {name: experiment.compute_scores(params, model, row(params, name), samples, seed, on)
-              for name in params[section]["criteria"]}
+    scores = {
+        name: experiment.compute_scores(params, model, row(params, name), samples, seed, on)
+        for name in params[section]["criteria"]
+    }
     _write_csv(args.out, study(params, model, task, task_name, scores, on))
 
 
@@ -264,8 +338,9 @@ def cmd_samples(args: argparse.Namespace) -> None:
     params = _params(args)
     _, task = _task(params, args)
     checkpoints = experiment.checkpoint_dir(args.out)  # a killed study resumes its fine-tuning runs
-    table = studies.samples_study(params, _task_model(params, task, args.model), task, experiment.device(params),
-                                  checkpoints)
+    table = studies.samples_study(
+        params, _task_model(params, task, args.model), task, experiment.device(params), checkpoints
+    )
     _write_csv(args.out, table)
     shutil.rmtree(checkpoints, ignore_errors=True)
 
@@ -282,8 +357,13 @@ def cmd_latency(args: argparse.Namespace) -> None:
     for run in run_ids(params):
         record = read_json(Path(args.runs) / f"{run}.json")
         runs.append({**record, "run": run})
-    table = studies.latency_by_shape(params, runs, lambda run: _model_of(args.models, run, params),
-                                     _task_model(params, task, args.model), Path(args.onnx) if args.onnx else None)
+    table = studies.latency_by_shape(
+        params,
+        runs,
+        lambda run: _model_of(args.models, run, params),
+        _task_model(params, task, args.model),
+        Path(args.onnx) if args.onnx else None,
+    )
     _write_csv(args.out, table)
 
 
@@ -309,10 +389,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     params = _params(args)
     tasks = task_names(params)
     report.build_report(
-        [Path(args.runs) / f"{run}.json" for run in run_ids(params)], Path(args.out), focus_row=FOCUS,
+        [Path(args.runs) / f"{run}.json" for run in run_ids(params)],
+        Path(args.out),
+        focus_row=FOCUS,
         sanity_csvs=[Path(args.sanity) / f"{task}.csv" for task in tasks] if args.sanity else [],
         sensitivity_csvs=[Path(args.sensitivity) / f"{task}.csv" for task in tasks] if args.sensitivity else [],
-        latency_csv=args.latency, samples_csv=args.samples, response_maps=args.response_maps,
+        latency_csv=args.latency,
+        samples_csv=args.samples,
+        response_maps=args.response_maps,
         history=[args.history] if args.history else None,
     )
 
@@ -344,8 +428,9 @@ def cmd_response_maps(args: argparse.Namespace) -> None:
         boxes=np.asarray(box_rows, dtype=np.float32).reshape(-1, 5),
         maps=maps.numpy(),
         panel_titles=np.asarray(titles),
-        image_titles=np.asarray([names.get(task.task_test.classes[int(y)], task.task_test.classes[int(y)])
-                                 for y in labels]),
+        image_titles=np.asarray(
+            [names.get(task.task_test.classes[int(y)], task.task_test.classes[int(y)]) for y in labels]
+        ),
     )
 
 
@@ -398,49 +483,168 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", help="also append log lines to this file")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add(sub, "fetch", cmd_fetch, "Download (or copy) the dataset archive, verify its sha256, extract atomically.",
-         PARAMS, ("--out", {"required": True, "help": "dataset folder to create"}))
+    _add(
+        sub,
+        "fetch",
+        cmd_fetch,
+        "Download (or copy) the dataset archive, verify its sha256, extract atomically.",
+        PARAMS,
+        ("--out", {"required": True, "help": "dataset folder to create"}),
+    )
 
     data = sub.add_parser("data", help="Dataset tools.", description="Dataset tools.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    _add(data_sub, "check", cmd_data_check, "Validate a box-labelled dataset and print a summary of it.",
-         ("path", {"help": "dataset root folder"}),
-         ("--format", {"required": True, "choices": ["tiny-imagenet", "voc", "coco", "yolo", "csv"]}),
-         ("--problems", {"help": 'JSON policy per problem kind, e.g. \'{"no-box": "error"}\''}),
-         ("--json", {"help": "also write the summary as JSON to this file"}))
+    _add(
+        data_sub,
+        "check",
+        cmd_data_check,
+        "Validate a box-labelled dataset and print a summary of it.",
+        ("path", {"help": "dataset root folder"}),
+        ("--format", {"required": True, "choices": ["tiny-imagenet", "voc", "coco", "yolo", "csv"]}),
+        ("--problems", {"help": 'JSON policy per problem kind, e.g. \'{"no-box": "error"}\''}),
+        ("--json", {"help": "also write the summary as JSON to this file"}),
+    )
 
-    _add(sub, "train", cmd_train, "Train the baseline on all source classes; evaluate it on the test split.",
-         PARAMS, DATA, OUT, THREADS, RESTART, ("--metrics", {"required": True}), ("--history", {"required": True}))
-    _add(sub, "scores", cmd_scores, "Per-filter scores of one criterion over N task samples per class.",
-         PARAMS, DATA, MODEL, OUT, SEED, THREADS, TASK, CRITERION)
-    _add(sub, "run", cmd_run, "Prune the task model by a criterion's scores, fine-tune it, evaluate it on test.",
-         PARAMS, DATA, MODEL, OUT, SEED, THREADS, TASK, CRITERION, RESTART,
-         ("--ratio", {"type": float, "required": True}), ("--scores", {"default": None}),
-         ("--history", {"required": True}), ("--metrics", {"required": True, "help": "evaluation JSON to write"}))
-    _add(sub, "sanity", cmd_sanity, "Sanity check: top- vs bottom-scored vs random filters kept, before fine-tuning.",
-         PARAMS, DATA, MODEL, OUT, THREADS, TASK)
-    _add(sub, "sensitivity", cmd_sensitivity, "Per-layer sensitivity: one group pruned at a time, per criterion.",
-         PARAMS, DATA, MODEL, OUT, THREADS, TASK)
-    _add(sub, "diagnose", cmd_diagnose, "Why Map-EX may rank by noise: per-layer field coverage and score spread.",
-         PARAMS, DATA, MODEL, OUT, THREADS, TASK)
-    _add(sub, "samples", cmd_samples, "Pruning in multiple samples: score rank correlation and accuracy against N.",
-         PARAMS, DATA, MODEL, OUT, THREADS)
-    _add(sub, "response-maps", cmd_response_maps, "Response maps of the top/bottom Map-EX filters on a few test images.",
-         PARAMS, DATA, MODEL, OUT, THREADS)
-    _add(sub, "latency", cmd_latency, "CPU latency of each distinct pruned architecture against the unpruned model.",
-         PARAMS, DATA, MODEL, OUT, THREADS, ("--runs", {"required": True, "help": "folder of evaluation files"}),
-         ("--models", {"required": True, "help": "folder of fine-tuned models"}),
-         ("--onnx", {"default": None, "help": "also export the first task's first-seed models here and time them "
-                                             "under ONNX Runtime"}))
-    _add(sub, "export", cmd_export, "Export a (pruned) model to ONNX, batch axis dynamic.",
-         PARAMS, MODEL, OUT)
-    _add(sub, "report", cmd_report, "Tables and figures from the evaluation files the params ask for.",
-         PARAMS, ("--runs", {"required": True, "help": "folder of evaluation files"}),
-         ("--out", {"required": True, "help": "results folder"}),
-         ("--sanity", {"default": None, "help": "folder of the sanity study's <task>.csv files"}),
-         ("--sensitivity", {"default": None, "help": "folder of the sensitivity study's <task>.csv files"}),
-         ("--latency", {"default": None}), ("--samples", {"default": None}), ("--response-maps", {"default": None}),
-         ("--history", {"default": None}))
+    _add(
+        sub,
+        "train",
+        cmd_train,
+        "Train the baseline on all source classes; evaluate it on the test split.",
+        PARAMS,
+        DATA,
+        OUT,
+        THREADS,
+        RESTART,
+        ("--metrics", {"required": True}),
+        ("--history", {"required": True}),
+    )
+    _add(
+        sub,
+        "scores",
+        cmd_scores,
+        "Per-filter scores of one criterion over N task samples per class.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        SEED,
+        THREADS,
+        TASK,
+        CRITERION,
+    )
+    _add(
+        sub,
+        "run",
+        cmd_run,
+        "Prune the task model by a criterion's scores, fine-tune it, evaluate it on test.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        SEED,
+        THREADS,
+        TASK,
+        CRITERION,
+        RESTART,
+        ("--ratio", {"type": float, "required": True}),
+        ("--scores", {"default": None}),
+        ("--history", {"required": True}),
+        ("--metrics", {"required": True, "help": "evaluation JSON to write"}),
+    )
+    _add(
+        sub,
+        "sanity",
+        cmd_sanity,
+        "Sanity check: top- vs bottom-scored vs random filters kept, before fine-tuning.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        THREADS,
+        TASK,
+    )
+    _add(
+        sub,
+        "sensitivity",
+        cmd_sensitivity,
+        "Per-layer sensitivity: one group pruned at a time, per criterion.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        THREADS,
+        TASK,
+    )
+    _add(
+        sub,
+        "diagnose",
+        cmd_diagnose,
+        "Why Map-EX may rank by noise: per-layer field coverage and score spread.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        THREADS,
+        TASK,
+    )
+    _add(
+        sub,
+        "samples",
+        cmd_samples,
+        "Pruning in multiple samples: score rank correlation and accuracy against N.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        THREADS,
+    )
+    _add(
+        sub,
+        "response-maps",
+        cmd_response_maps,
+        "Response maps of the top/bottom Map-EX filters on a few test images.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        THREADS,
+    )
+    _add(
+        sub,
+        "latency",
+        cmd_latency,
+        "CPU latency of each distinct pruned architecture against the unpruned model.",
+        PARAMS,
+        DATA,
+        MODEL,
+        OUT,
+        THREADS,
+        ("--runs", {"required": True, "help": "folder of evaluation files"}),
+        ("--models", {"required": True, "help": "folder of fine-tuned models"}),
+        (
+            "--onnx",
+            {
+                "default": None,
+                "help": "also export the first task's first-seed models here and time them under ONNX Runtime",
+            },
+        ),
+    )
+    _add(sub, "export", cmd_export, "Export a (pruned) model to ONNX, batch axis dynamic.", PARAMS, MODEL, OUT)
+    _add(
+        sub,
+        "report",
+        cmd_report,
+        "Tables and figures from the evaluation files the params ask for.",
+        PARAMS,
+        ("--runs", {"required": True, "help": "folder of evaluation files"}),
+        ("--out", {"required": True, "help": "results folder"}),
+        ("--sanity", {"default": None, "help": "folder of the sanity study's <task>.csv files"}),
+        ("--sensitivity", {"default": None, "help": "folder of the sensitivity study's <task>.csv files"}),
+        ("--latency", {"default": None}),
+        ("--samples", {"default": None}),
+        ("--response-maps", {"default": None}),
+        ("--history", {"default": None}),
+    )
     return parser
 
 
@@ -449,8 +653,12 @@ def _configure_logging(verbose: bool, log_file: str | None) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

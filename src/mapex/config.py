@@ -1,6 +1,8 @@
 """Reading and validating params.yaml: one schema for Snakemake, DVC and the CLI."""
+
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,12 +45,12 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
     The first error in document order is reported, so the message points at one key the user
     can fix (``prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1``).
     """
-    validator = StrictValidator(load_schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
+    schema = load_schema()
+    errors = sorted(StrictValidator(schema).iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         error = errors[0]
         raise UserError(f"{source}: {_location(error)}: {error.message}")
-    params = with_defaults(params)
+    params = with_defaults(params, schema)
     _check_names(params, source)
     return params
 
@@ -67,16 +69,30 @@ def _check_names(params: dict[str, Any], source: str) -> None:
         raise UserError(f"{source}: {err}") from None
 
 
-def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
-    """Fill the optional keys the schema gives defaults for (the CLI relies on them)."""
-    data = dict(params["data"])
-    data.setdefault("label_rule", "largest")
-    data.setdefault("problems", {})
-    data.setdefault("max_per_class", None)
-    data.setdefault("max_test_per_class", None)
-    model = {"stem": "imagenet", "pretrained": False, **params["model"]}
-    prune = {"round_to": 8, **params["prune"]}
-    return {**params, "data": data, "model": model, "prune": prune}
+def with_defaults(params: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of ``params`` with the schema's ``default`` for every absent optional key, at any depth.
+
+    The schema is the one source of defaults: Snakemake's ``validate`` fills the same ones into
+    its ``config``.
+    """
+    root = schema or load_schema()
+    return _filled(params, root, root)
+
+
+def _filled(instance: dict[str, Any], schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    filled = dict(instance)
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in filled and "default" in subschema:
+            filled[key] = copy.deepcopy(subschema["default"])
+        if isinstance(filled.get(key), dict):
+            filled[key] = _filled(filled[key], _resolved(subschema, root), root)
+    return filled
+
+
+def _resolved(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` itself, or the ``#/$defs/<name>`` it refers to."""
+    reference = schema.get("$ref", "")
+    return root["$defs"][reference.removeprefix("#/$defs/")] if reference.startswith("#/$defs/") else schema
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

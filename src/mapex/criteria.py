@@ -16,6 +16,7 @@ A criterion with variants declares them in its ``OPTIONS`` and takes them as con
 keywords (``map-ex``: ``score``, ``tap``, ``field``; ``map``: ``score``, ``tap``);
 :func:`criterion_options` lists them so that a caller can validate its parameters up front.
 """
+
 from __future__ import annotations
 
 import abc
@@ -193,9 +194,7 @@ class BNScaleCriterion(Criterion):
     def _score(self, model, batches, input_size) -> ScoreDict:
         modules = dict(model.named_modules())
         followers = {name: modules[tap.module] for name, tap in statistics.activation_taps(model).items()}
-        batchnorms = {
-            name: bn for name, bn in followers.items() if isinstance(bn, nn.BatchNorm2d) and bn.affine
-        }
+        batchnorms = {name: bn for name, bn in followers.items() if isinstance(bn, nn.BatchNorm2d) and bn.affine}
         missing = [name for name, _ in _convs(model) if name not in batchnorms]
         if missing:
             raise io.UserError(f"criterion 'bn-scale': no affine BatchNorm follows {', '.join(missing)}")
@@ -345,9 +344,7 @@ class TaylorCriterion(Criterion):
             with torch.enable_grad(), statistics.kept_outputs(model, taps) as outputs:
                 loss = F.cross_entropy(model(images), labels, reduction="sum")
             # A filter whose output never reaches the loss has no gradient: its score is 0.
-            gradients = torch.autograd.grad(
-                loss, list(outputs.values()), allow_unused=True, materialize_grads=True
-            )
+            gradients = torch.autograd.grad(loss, list(outputs.values()), allow_unused=True, materialize_grads=True)
             for (name, output), gradient in zip(outputs.items(), gradients):
                 per_image = (output.detach() * gradient).sum(dim=(2, 3)).double().pow(2)
                 means.add(name, per_image.sum(dim=0), len(per_image))

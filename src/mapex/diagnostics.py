@@ -5,6 +5,7 @@ whole image (there the theoretical ``map-ex`` weight is constant and ``F_i = B_i
 filters' consumed activation is mostly ``<= 0`` (a signed tap before a residual add), and how
 much the scores of each variant spread.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -67,8 +68,16 @@ def diagnose(
     """
     rows = _layer_statistics(model, batches, input_size)
     for variant in variants:
-        scores = filter_scores(model, batches, method=variant.method, score=variant.score, input_size=input_size,
-                               progress=False, tap=variant.tap, field=variant.field)
+        scores = filter_scores(
+            model,
+            batches,
+            method=variant.method,
+            score=variant.score,
+            input_size=input_size,
+            progress=False,
+            tap=variant.tap,
+            field=variant.field,
+        )
         for name, values in scores.items():
             rows[name][f"std {variant.label}"] = float(values.std())
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("conv")

@@ -5,6 +5,7 @@ counts 2 FLOPs per multiply-accumulate of convolutions and matrix products (bias
 BatchNorm, activations and pooling are not counted), so MACs = FLOPs / 2. For a conv that is
 ``C_out · C_in / groups · k_h · k_w · H_out · W_out`` per image.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,8 +34,9 @@ InputSize = int | tuple[int, int]
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = True,
-             predictions: bool = False) -> dict[str, Any]:
+def accuracy(
+    model: nn.Module, loader: DataLoader, device: torch.device, progress: bool = True, predictions: bool = False
+) -> dict[str, Any]:
     """Top-1 and top-k accuracy (k = min(5, number of classes)) over ``loader``, in eval mode.
 
     Batches are ``(images, labels, ...)``; returns ``{"top1", "top5", "n"}`` and, with
@@ -122,8 +125,9 @@ def deployed_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return fused
 
 
-def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device: torch.device,
-                    warmup: int = 3, reps: int = 10) -> float:
+def measure_latency(
+    model: nn.Module, batch: int, input_size: InputSize, device: torch.device, warmup: int = 3, reps: int = 10
+) -> float:
     """Median wall-clock milliseconds of one forward pass of ``batch`` random images on ``device``,
     timed on the :func:`deployed_copy` of ``model`` (BN folded, channels-last on the CPU) in
     inference mode. GPU work is synchronised before each clock read.
@@ -134,8 +138,9 @@ def measure_latency(model: nn.Module, batch: int, input_size: InputSize, device:
     return _median_ms(forward_pass, warmup, reps, lambda: _synchronize(device))
 
 
-def _deployed_forward_pass(model: nn.Module, batch: int, input_size: InputSize,
-                           device: torch.device) -> Callable[[], Any]:
+def _deployed_forward_pass(
+    model: nn.Module, batch: int, input_size: InputSize, device: torch.device
+) -> Callable[[], Any]:
     """One inference-mode forward pass of ``model``'s :func:`deployed_copy` on ``batch`` random images."""
     deployed = deployed_copy(model, device)
     inputs = example_input(deployed, batch, input_size)
@@ -149,7 +154,7 @@ def _deployed_forward_pass(model: nn.Module, batch: int, input_size: InputSize,
     return forward_pass
 
 
-def ort_session(model: nn.Module, input_size: InputSize) -> "onnxruntime.InferenceSession":
+def ort_session(model: nn.Module, input_size: InputSize) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session (CPUExecutionProvider, torch's CPU thread count, default graph
     optimisations, which fold BatchNorm themselves) of ``model`` exported by
     :func:`mapex.export.export_onnx`."""
@@ -162,7 +167,7 @@ def ort_session(model: nn.Module, input_size: InputSize) -> "onnxruntime.Inferen
         return onnxruntime.InferenceSession(str(path), ort_options(), providers=["CPUExecutionProvider"])
 
 
-def ort_options() -> "onnxruntime.SessionOptions":
+def ort_options() -> onnxruntime.SessionOptions:
     """ONNX Runtime session options: torch's CPU thread count inside ops, one thread across them."""
     import onnxruntime
 
@@ -172,8 +177,9 @@ def ort_options() -> "onnxruntime.SessionOptions":
     return options
 
 
-def measure_latency_ort(session: "onnxruntime.InferenceSession", batch: int, input_size: InputSize,
-                        warmup: int = 3, reps: int = 10) -> float:
+def measure_latency_ort(
+    session: onnxruntime.InferenceSession, batch: int, input_size: InputSize, warmup: int = 3, reps: int = 10
+) -> float:
     """Median wall-clock milliseconds of one run of an :func:`ort_session` on ``batch`` random images."""
     model_input = session.get_inputs()[0]
     images = random_images(batch, model_input.shape[1], input_size)
@@ -194,8 +200,9 @@ def _median_ms(run: Callable[[], Any], warmup: int, reps: int, synchronize: Call
     return statistics.median(times)
 
 
-def interleaved_latency(first: nn.Module, second: nn.Module, batch: int, input_size: InputSize,
-                        reps: int, warmup: int = 3) -> tuple[float, float]:
+def interleaved_latency(
+    first: nn.Module, second: nn.Module, batch: int, input_size: InputSize, reps: int, warmup: int = 3
+) -> tuple[float, float]:
     """CPU milliseconds of ``first`` and of ``second`` (their :func:`deployed_copy`, as
     :func:`measure_latency` times them), timed alternately in one loop (median of ``reps``).
 
@@ -207,8 +214,14 @@ def interleaved_latency(first: nn.Module, second: nn.Module, batch: int, input_s
     return _alternating_medians(forward_passes, reps, warmup)
 
 
-def interleaved_latency_ort(first: "onnxruntime.InferenceSession", second: "onnxruntime.InferenceSession",
-                            batch: int, input_size: InputSize, reps: int, warmup: int = 3) -> tuple[float, float]:
+def interleaved_latency_ort(
+    first: onnxruntime.InferenceSession,
+    second: onnxruntime.InferenceSession,
+    batch: int,
+    input_size: InputSize,
+    reps: int,
+    warmup: int = 3,
+) -> tuple[float, float]:
     """Like :func:`interleaved_latency`, for two :func:`ort_session` runs."""
     runs = []
     for session in (first, second):
@@ -229,9 +242,15 @@ def _alternating_medians(runs: list[Callable[[], Any]], reps: int, warmup: int) 
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, input_size: InputSize,
-                   latency_batches: tuple[int, ...] = (1, 64), latency_reps: int = 10,
-                   progress: bool = True) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    input_size: InputSize,
+    latency_batches: tuple[int, ...] = (1, 64),
+    latency_reps: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Accuracy on ``loader`` plus size and speed: the metrics every results table reports.
 
     Keys: ``top1``, ``top5``, ``n``, ``params``, ``macs``, ``latency_ms_cpu_b{B}`` (PyTorch) and

@@ -4,6 +4,7 @@ Each function takes the validated params and the objects it works on; reading an
 the CLI's job. A *row* (:class:`mapex.pipeline.Row`) names the criterion, its options and the
 ranking scope, so every consumer builds the same criterion for the same row.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,15 @@ def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int
     """The project's loader over ``index`` (augmented and shuffled if ``train``)."""
     from mapex.data import make_loader
 
-    return make_loader(index, size=params["data"]["image_size"], train=train, batch_size=batch_size, seed=seed,
-                       num_workers=params["workers"], cache=True)
+    return make_loader(
+        index,
+        size=params["data"]["image_size"],
+        train=train,
+        batch_size=batch_size,
+        seed=seed,
+        num_workers=params["workers"],
+        cache=True,
+    )
 
 
 def device(params: dict[str, Any]) -> torch.device:
@@ -61,8 +69,9 @@ def make_criterion(spec: Row, seed: int, scores: dict | None = None):
     return get_criterion(spec.criterion, **kwargs)
 
 
-def compute_scores(params: dict[str, Any], model: nn.Module, spec: Row, index: BoxIndex, seed: int,
-                   on: torch.device) -> dict[str, torch.Tensor]:
+def compute_scores(
+    params: dict[str, Any], model: nn.Module, spec: Row, index: BoxIndex, seed: int, on: torch.device
+) -> dict[str, torch.Tensor]:
     """Per-filter scores of ``spec``'s criterion over the images of ``index`` (data-free ones ignore them)."""
     criterion = make_criterion(spec, seed)
     batches = None
@@ -73,8 +82,15 @@ def compute_scores(params: dict[str, Any], model: nn.Module, spec: Row, index: B
     return {name: value.cpu() for name, value in scores.items()}
 
 
-def prune_task_model(params: dict[str, Any], model: nn.Module, spec: Row, scores: dict, ratio: float, seed: int,
-                     keep: dict[str, int] | None = None):
+def prune_task_model(
+    params: dict[str, Any],
+    model: nn.Module,
+    spec: Row,
+    scores: dict,
+    ratio: float,
+    seed: int,
+    keep: dict[str, int] | None = None,
+):
     """Physically prune ``model`` in place by ``spec``'s scores; returns Torch-Pruning's report.
 
     ``keep`` fixes the kept filters per conv instead of ``ratio`` (see :func:`mapex.prune.prune_model`).
@@ -83,8 +99,15 @@ def prune_task_model(params: dict[str, Any], model: nn.Module, spec: Row, scores
 
     criterion = make_criterion(spec, seed, scores=scores)
     example = torch.zeros(1, 3, *input_size(params))
-    return prune_model(model.cpu(), criterion, ratio, example, global_pruning=spec.global_ranking,
-                       round_to=params["prune"].get("round_to"), keep=keep)
+    return prune_model(
+        model.cpu(),
+        criterion,
+        ratio,
+        example,
+        global_pruning=spec.global_ranking,
+        round_to=params["prune"].get("round_to"),
+        keep=keep,
+    )
 
 
 def train_config(section: dict[str, Any], seed: int):
@@ -94,9 +117,18 @@ def train_config(section: dict[str, Any], seed: int):
     return TrainConfig(**{k: section[k] for k in keys}, seed=seed)
 
 
-def fit_model(params: dict[str, Any], model: nn.Module, section: dict[str, Any], seed: int, train_index: BoxIndex,
-              val_index: BoxIndex, checkpoint_dir: Path, on: torch.device, source: str | None = None,
-              restart: bool = False):
+def fit_model(
+    params: dict[str, Any],
+    model: nn.Module,
+    section: dict[str, Any],
+    seed: int,
+    train_index: BoxIndex,
+    val_index: BoxIndex,
+    checkpoint_dir: Path,
+    on: torch.device,
+    source: str | None = None,
+    restart: bool = False,
+):
     """Train with one params section (``train`` or ``finetune``); the best epoch is chosen on validation.
 
     A checkpoint in ``checkpoint_dir`` is resumed only if written for the same data settings and
@@ -108,8 +140,16 @@ def fit_model(params: dict[str, Any], model: nn.Module, section: dict[str, Any],
     config = train_config(section, seed)
     train_loader = loader(params, train_index, True, config.batch_size, seed)
     val_loader = loader(params, val_index, False, config.batch_size, seed)
-    return fit(model, train_loader, val_loader, config, checkpoint_dir, on,
-               identity={"data": data_fingerprint(params), "source": source}, restart=restart)
+    return fit(
+        model,
+        train_loader,
+        val_loader,
+        config,
+        checkpoint_dir,
+        on,
+        identity={"data": data_fingerprint(params), "source": source},
+        restart=restart,
+    )
 
 
 def checkpoint_dir(out: str | Path) -> Path:

@@ -7,6 +7,7 @@ deprecated) at ONNX opset :data:`OPSET` — 18 is the exporter's native opset, r
 1.14 and later — with the weights inside the one ``.onnx`` file. The model is exported in eval
 mode, BatchNorm included as it is: runtimes fold it into the convs themselves.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,9 +36,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: InputSize
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         with eval_mode(model), atomic_path(path, suffix=".onnx") as tmp:
-            torch.onnx.export(model, (example,), tmp, dynamo=True, opset_version=OPSET, external_data=False,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=({0: batch},), verbose=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                dynamo=True,
+                opset_version=OPSET,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
     except OSError as err:
         raise UserError(f"{path}: cannot write the ONNX file ({err.strerror or err})") from err
     return path

@@ -16,11 +16,13 @@ covers pixels ``x0 … x1-1``): a pixel is inside a box when its centre ``p + 0.
 ``[x0, x1)``. This is exactly SPEC's rule for integer boxes and extends it to the non-integer
 boxes that resizing produces.
 """
+
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +56,23 @@ _SPATIAL_END_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.fl
 _SPATIAL_END_METHODS = {"view", "reshape", "flatten", "mean", "sum", "amax", "max", "squeeze", "size", "dim"}
 # Spatial operations whose geometry we do not model: refusing is better than a silent wrong answer.
 _UNSUPPORTED_MODULES = (
-    nn.ConvTranspose2d, nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.FractionalMaxPool2d, nn.LPPool2d, nn.Fold, nn.Unfold,
+    nn.ConvTranspose2d,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.FractionalMaxPool2d,
+    nn.LPPool2d,
+    nn.Fold,
+    nn.Unfold,
 )
 _UNSUPPORTED_FUNCTIONS = {
-    F.conv2d, F.conv_transpose2d, F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, F.unfold, F.fold,
+    F.conv2d,
+    F.conv_transpose2d,
+    F.interpolate,
+    F.pixel_shuffle,
+    F.pixel_unshuffle,
+    F.unfold,
+    F.fold,
 }
 
 
@@ -159,8 +173,10 @@ def _module_geometry(module: nn.Module, name: str, inputs: list[LayerGeometry]) 
     if isinstance(module, _SPATIAL_END_MODULES):
         return None
     if isinstance(module, _UNSUPPORTED_MODULES):
-        raise UserError(f"module '{name}' ({type(module).__name__}) changes the spatial layout in a way "
-                        "the receptive-field recurrence does not cover")
+        raise UserError(
+            f"module '{name}' ({type(module).__name__}) changes the spatial layout in a way "
+            "the receptive-field recurrence does not cover"
+        )
     if isinstance(module, nn.Conv2d):
         padding = _conv_padding(module)
         return _apply_window(inputs[0], module.kernel_size, module.stride, padding, module.dilation, name)
@@ -185,8 +201,10 @@ def _function_geometry(node: fx.Node, inputs: list[LayerGeometry]) -> LayerGeome
     if target in _SPATIAL_END_FUNCTIONS:
         return None
     if target in _UNSUPPORTED_FUNCTIONS:
-        raise UserError(f"'{node.name}' ({getattr(target, '__name__', target)}) changes the spatial layout "
-                        "in a way the receptive-field recurrence does not cover; use nn modules instead")
+        raise UserError(
+            f"'{node.name}' ({getattr(target, '__name__', target)}) changes the spatial layout "
+            "in a way the receptive-field recurrence does not cover; use nn modules instead"
+        )
     if target is F.max_pool2d or target is F.avg_pool2d:
         return _functional_pool_geometry(node, inputs[0])
     if target is operator.getitem:  # one output of a tuple, or a channel slice
@@ -208,8 +226,10 @@ def _apply_window(
     geometry: LayerGeometry, kernel: Any, stride: Any, padding: Any, dilation: Any, name: str
 ) -> LayerGeometry:
     """SPEC's recurrence through one conv or pool window (square ints or pairs of equal ints)."""
-    k, s, p, d = (_square(value, what, name) for value, what in
-                  ((kernel, "kernel"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    k, s, p, d = (
+        _square(value, what, name)
+        for value, what in ((kernel, "kernel"), (stride, "stride"), (padding, "padding"), (dilation, "dilation"))
+    )
     j = geometry.jump
     return LayerGeometry(
         jump=j * s,
@@ -362,7 +382,7 @@ class EffectiveField:
         if len(rows) == 0:
             raise UserError(f"unit {unit} depends on no input pixel: no effective receptive field to measure")
         top, left = int(rows[0]), int(cols[0])
-        kernel = sensitivity[top:int(rows[-1]) + 1, left:int(cols[-1]) + 1]
+        kernel = sensitivity[top : int(rows[-1]) + 1, left : int(cols[-1]) + 1]
         jump = int(jump)
         return cls(kernel / kernel.sum(), (top - unit[0] * jump, left - unit[1] * jump), jump)
 
@@ -398,7 +418,9 @@ def _kernel_sums(mask: Tensor, field: EffectiveField, feature_hw: tuple[int, int
     padding: list[int] = []
     for axis in (1, 0):  # F.pad takes the last dimension first
         before = -field.first[axis]
-        after = field.first[axis] + (feature_hw[axis] - 1) * field.jump + field.kernel.shape[axis] - mask.shape[2 + axis]
+        after = (
+            field.first[axis] + (feature_hw[axis] - 1) * field.jump + field.kernel.shape[axis] - mask.shape[2 + axis]
+        )
         padding += [before, after]
     kernel = field.kernel.to(mask.device, mask.dtype)[None, None]
     return F.conv2d(F.pad(mask, padding), kernel, stride=field.jump)[:, 0]

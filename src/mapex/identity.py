@@ -6,13 +6,15 @@ of the data settings). A consumer states what it expects and :func:`check_identi
 made from something else, in one line that names the file and every key that differs, instead of
 silently pruning a ResNet-18 with ResNet-34 scores or resuming on other data.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mapex.io import UserError, load_torch
 
@@ -60,8 +62,10 @@ def check_identity(meta: Mapping[str, Any], expected: Mapping[str, Any], path: s
         if key not in meta or not same(meta[key], value)
     ]
     if differences:
-        raise UserError(f"{path}: made from something else ({'; '.join(differences)}); "
-                        "regenerate it, or use the file made for these inputs")
+        raise UserError(
+            f"{path}: made from something else ({'; '.join(differences)}); "
+            "regenerate it, or use the file made for these inputs"
+        )
 
 
 def _short(value: Any) -> str:
@@ -69,8 +73,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def load_checked(path: str | os.PathLike, format: str, what: str,
-                 expect: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_checked(
+    path: str | os.PathLike, format: str, what: str, expect: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A torch file of ``format`` (its ``format`` key) with a ``meta`` dict matching ``expect``.
 
     ``what`` names the kind of file in the error (``"a pruned model"``).
@@ -86,4 +91,6 @@ def load_checked(path: str | os.PathLike, format: str, what: str,
 def _found_format(saved: Any) -> str:
     if isinstance(saved, dict) and isinstance(saved.get("format"), str):
         return f"it is a {saved['format']} file"
-    return f"it holds a {type(saved).__name__}" + (f" with keys {sorted(map(str, saved))[:6]}" if isinstance(saved, dict) else "")
+    return f"it holds a {type(saved).__name__}" + (
+        f" with keys {sorted(map(str, saved))[:6]}" if isinstance(saved, dict) else ""
+    )

@@ -3,6 +3,7 @@
 Every file the project writes goes through :func:`atomic_path`, so a killed stage never leaves a
 half-written output that a later stage (or Snakemake/DVC) would trust.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,9 @@ import pickle
 import random
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -111,8 +113,10 @@ def _unsafe_content(message: str) -> str:
         return "not a torch file written by mapex (unreadable as tensors only)"
     name = found.group(1)
     if name.startswith(OLD_FORMAT_MODULES):
-        return (f"a whole-module pickle ({name}) as older mapex versions wrote; it is not loaded, since "
-                "unpickling can run code: delete it and rerun the stage that wrote it")
+        return (
+            f"a whole-module pickle ({name}) as older mapex versions wrote; it is not loaded, since "
+            "unpickling can run code: delete it and rerun the stage that wrote it"
+        )
     return f"refers to the Python object {name}, which loading would have to run; not loaded"
 
 

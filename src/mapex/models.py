@@ -18,12 +18,13 @@ only: nothing is downloaded, so an offline run fails at once with a one-line :cl
 saying which file to put where. A classifier of another width than 1000 is replaced by a freshly
 initialised one.
 """
+
 from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision

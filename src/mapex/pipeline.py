@@ -9,6 +9,7 @@ Map-EX variant: the one ``criterion_options.map-ex`` configures.
 The Snakemake rules and dvc.yaml spell the same paths; `tests/test_pipeline.py` checks that the
 two orchestrators expand to the same commands and outputs, so they cannot drift apart.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,8 +69,10 @@ def row(params: dict[str, Any], name: str) -> Row:
     from mapex.criteria import CRITERIA
 
     if criterion not in CRITERIA:
-        raise UserError(f"criterion '{name}' is neither a registered criterion ({', '.join(sorted(CRITERIA))}) "
-                        "nor a key of variants")
+        raise UserError(
+            f"criterion '{name}' is neither a registered criterion ({', '.join(sorted(CRITERIA))}) "
+            "nor a key of variants"
+        )
     options = {**(params.get("criterion_options") or {}).get(criterion, {}), **own}
     return Row(name, criterion, options, bool(global_ranking), bool(scratch))
 
@@ -79,18 +82,25 @@ def check_rows(params: dict[str, Any]) -> None:
     from mapex.criteria import criterion_options, get_criterion
     from mapex.io import UserError
 
-    for name in (params.get("variants") or {}):
+    for name in params.get("variants") or {}:
         if name == UNPRUNED or _is_registered(name):
             raise UserError(f"variants.{name}: a variant may not take the name of a registered criterion")
-    names = [*params["prune"]["criteria"], *params["sanity"]["criteria"], *params["sensitivity"]["criteria"],
-             params["samples_study"]["criterion"], *(params.get("variants") or {})]
+    names = [
+        *params["prune"]["criteria"],
+        *params["sanity"]["criteria"],
+        *params["sensitivity"]["criteria"],
+        params["samples_study"]["criterion"],
+        *(params.get("variants") or {}),
+    ]
     for name in names:
         spec = row(params, name)
         allowed = criterion_options(spec.criterion)
         for option, value in spec.options.items():
             if option not in allowed:
-                raise UserError(f"{name}: criterion '{spec.criterion}' has no option '{option}' "
-                                f"(it takes {', '.join(allowed) or 'none'})")
+                raise UserError(
+                    f"{name}: criterion '{spec.criterion}' has no option '{option}' "
+                    f"(it takes {', '.join(allowed) or 'none'})"
+                )
             if value not in allowed[option]:
                 raise UserError(f"{name}: {option} '{value}' is not one of {', '.join(allowed[option])}")
         try:

@@ -19,6 +19,7 @@ channels: its own count, ``int(C * (1 - r))``, can fall one short through floati
 (``int(100 * 0.71) == 70``), and its global mode silently skips a group whose every channel falls
 below the threshold, instead of keeping its best one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -123,10 +124,7 @@ def prune_model(
         ratio=ratio,
         global_pruning=global_pruning,
         exempt=exempt,
-        kept={
-            name: sorted(set(range(count)) - set(pruned.get(name, [])))
-            for name, count in filters_before.items()
-        },
+        kept={name: sorted(set(range(count)) - set(pruned.get(name, []))) for name, count in filters_before.items()},
         filters_before=filters_before,
         filters_after=_filter_counts(model),
         params_before=params_before,
@@ -178,8 +176,10 @@ def prunable_groups(model: nn.Module, example_input: Tensor, exempt: Sequence[st
     with _evaluating(model), torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
         groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
-        return [sorted({names[item.dep.target.module] for item in group if is_conv_out_pruning(item.dep)})
-                for group in groups]
+        return [
+            sorted({names[item.dep.target.module] for item in group if is_conv_out_pruning(item.dep)})
+            for group in groups
+        ]
 
 
 MODEL_FORMAT = "mapex-model/2"
@@ -216,8 +216,9 @@ def load_pruned(path: Any, expect: dict[str, Any] | None = None) -> tuple[nn.Mod
         raise io.UserError(f"{path}: its state_dict is not a mapping of tensors")
     arch, stem, num_classes = (meta.get(key) for key in ("arch", "stem", "num_classes"))
     if not isinstance(arch, str) or not isinstance(stem, str) or not isinstance(num_classes, int):
-        raise io.UserError(f"{path}: meta lacks arch, stem or num_classes (arch={arch!r}, stem={stem!r}, "
-                           f"num_classes={num_classes!r})")
+        raise io.UserError(
+            f"{path}: meta lacks arch, stem or num_classes (arch={arch!r}, stem={stem!r}, num_classes={num_classes!r})"
+        )
     try:
         model = _skeleton(arch, num_classes, stem)
         _resize_to(model, state)
@@ -225,8 +226,10 @@ def load_pruned(path: Any, expect: dict[str, Any] | None = None) -> tuple[nn.Mod
     except io.UserError as err:
         raise io.UserError(f"{path}: {err}") from err
     except (RuntimeError, ValueError, IndexError) as err:
-        raise io.UserError(f"{path}: its weights do not fit a {arch} ({stem} stem, {num_classes} classes): "
-                           f"{str(err).strip().splitlines()[-1].strip()[:200]}") from err
+        raise io.UserError(
+            f"{path}: its weights do not fit a {arch} ({stem} stem, {num_classes} classes): "
+            f"{str(err).strip().splitlines()[-1].strip()[:200]}"
+        ) from err
     if any(tensor.is_meta for tensor in itertools.chain(model.parameters(), model.buffers())):
         raise io.UserError(f"{path}: its weights do not cover every layer of a {arch} ({stem} stem)")
     _check_runs(model, path)
@@ -245,16 +248,26 @@ def _check_runs(model: nn.Module, path: Any) -> None:
 
 def save_scores(path: Any, scores: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Save per-conv filter scores (on the CPU) with the identity of what they were computed on."""
-    io.save_torch(path, {"format": SCORES_FORMAT, "meta": meta,
-                         "scores": {name: score.detach().cpu() for name, score in scores.items()}})
+    io.save_torch(
+        path,
+        {
+            "format": SCORES_FORMAT,
+            "meta": meta,
+            "scores": {name: score.detach().cpu() for name, score in scores.items()},
+        },
+    )
 
 
 def load_scores(path: Any, expect: dict[str, Any] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Load what :func:`save_scores` wrote: ``(scores, meta)``; ``meta`` must match ``expect``."""
     saved = load_checked(path, SCORES_FORMAT, "a scores file", expect)
     scores = saved.get("scores")
-    if not isinstance(scores, dict) or not scores or not all(
-        isinstance(score, Tensor) and score.dim() == 1 and score.is_floating_point() for score in scores.values()
+    if (
+        not isinstance(scores, dict)
+        or not scores
+        or not all(
+            isinstance(score, Tensor) and score.dim() == 1 and score.is_floating_point() for score in scores.values()
+        )
     ):
         raise io.UserError(f"{path}: its scores are not one 1-D float tensor per conv layer")
     return scores, saved["meta"]
@@ -276,8 +289,11 @@ def _matching_stem(model: nn.Module, arch: str, num_classes: int) -> str:
 def _layout(model: nn.Module) -> list[tuple[Any, ...]]:
     """Each module's name, type and what its weights do not show (kernel, stride, padding, dilation)."""
     return [
-        (name, type(module).__name__,
-         *(getattr(module, key, None) for key in ("kernel_size", "stride", "padding", "dilation")))
+        (
+            name,
+            type(module).__name__,
+            *(getattr(module, key, None) for key in ("kernel_size", "stride", "padding", "dilation")),
+        )
         for name, module in model.named_modules()
     ]
 
@@ -294,8 +310,11 @@ def _resize_to(model: nn.Module, state: dict[str, Tensor]) -> None:
             saved = state.get(prefix + name)
             if saved is not None and saved.shape != tensor.shape:
                 empty = torch.empty(saved.shape, dtype=tensor.dtype, device="meta")
-                setattr(module, name, nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter)
-                        else empty)
+                setattr(
+                    module,
+                    name,
+                    nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty,
+                )
         _match_sizes(module)
 
 
@@ -308,7 +327,9 @@ def _match_sizes(module: nn.Module) -> None:
         else:
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        module.num_features = module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+        module.num_features = (
+            module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+        )
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
 
@@ -376,9 +397,7 @@ def _ratio_keeping(kept: int, channels: int) -> float:
 def _pruned_conv_filters(group: tp.Group, names: dict[nn.Module, str]) -> dict[str, list[int]]:
     """The filters this group removes from each conv in it (the group is applied only once)."""
     return {
-        names[item.dep.target.module]: [int(i) for i in item.idxs]
-        for item in group
-        if is_conv_out_pruning(item.dep)
+        names[item.dep.target.module]: [int(i) for i in item.idxs] for item in group if is_conv_out_pruning(item.dep)
     }
 
 

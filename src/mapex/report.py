@@ -11,14 +11,15 @@ bootstrap over test images and seeds, paired (same seed, same image) for differe
 over tasks with equal weight. :func:`build_report` is the one entry point: it writes every table
 and figure whose inputs it is given.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import math
 import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import matplotlib
 
@@ -47,35 +48,11 @@ MAP_EX_FAMILY = frozenset({"map-ex", "map"})
 """Base criteria that are Map-EX or its ablation: never a candidate for the best baseline."""
 
 _CI = f"{LEVEL:.0%} CI"
-_BOOTSTRAP_NOTE = (f"{_CI}: percentile bootstrap, {N_RESAMPLES} resamples (fixed RNG seed {RNG_SEED}) drawing "
-                   "seeds and test images with replacement; pooled = each task resampled on its own, "
-                   "tasks averaged with equal weight.")
-
-FIGURE_CAPTIONS: dict[str, str] = {
-    "accuracy_vs_ratio": f"Test top-1 accuracy after fine-tuning against the fraction of filters removed, one panel "
-    f"per task and one pooled over tasks: mean over seeds with its {_CI} (bootstrap over seeds and test images); "
-    "the dashed line and band are the unpruned fine-tuned model.",
-    "accuracy_vs_macs": f"Test top-1 accuracy pooled over tasks ({_CI}) against the multiply-accumulates that remain "
-    "after pruning (mean ± std over runs); the star is the unpruned fine-tuned model.",
-    "filters_per_layer": "Filters kept in each conv layer by each row at one pruning ratio (mean ± std over tasks "
-    "and seeds), against the unpruned widths in grey; global rows choose their own count per layer.",
-    "paired_differences": f"Paired differences in test top-1 (points) with their {_CI}: the focus row against the "
-    "best baseline of each task and ratio (chosen on validation accuracy), and every row against random pruning; "
-    "same seeds and same test images resampled together. Filled markers: the interval excludes 0.",
-    "sanity_check": "Sanity check of each criterion's ranking: validation top-1 after keeping the top-scored "
-    "filters, the bottom-scored filters, and random filters (grey bar: min to max over the random draws, tick: "
-    "their mean), per task, pooled over tasks, and ratio. 'ranks' means top above every random draw and bottom "
-    "below every one.",
-    "layer_sensitivity": "Per-layer sensitivity: drop in validation top-1 (points) when one layer alone is pruned "
-    "by each criterion, mean over tasks (and over the channel counts measured).",
-    "response_maps": "Task images with their boxes, and the mean response maps of the highest- and "
-    "lowest-scored filters of a few layers, with the box drawn on each.",
-    "samples_study": "Pruning in multiple samples: rank correlation of the filter scores from N samples "
-    "per class with those from all samples, and test top-1 of the model pruned with them, before and after "
-    "the usual fine-tuning (mean ± std over seeds).",
-    "training_curves": "Training and validation top-1 accuracy per epoch (mean ± std over the given histories).",
-}
-"""Figure stem -> one-sentence caption, the same text as ``workflow/report/<stem>.rst``."""
+_BOOTSTRAP_NOTE = (
+    f"{_CI}: percentile bootstrap, {N_RESAMPLES} resamples (fixed RNG seed {RNG_SEED}) drawing "
+    "seeds and test images with replacement; pooled = each task resampled on its own, "
+    "tasks averaged with equal weight."
+)
 
 _NUMBER = (int, float)
 _REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -127,8 +104,7 @@ _SUMMARY_METRICS: tuple[Metric, ...] = (
 """Means (equal weight over tasks) beside the test top-1 and its interval."""
 
 _OURS_COLOUR = "#d62728"
-_OTHER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                  "#bcbd22", "#17becf")
+_OTHER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _MARKERS = ("s", "^", "v", "D", "P", "X", "<", ">", "h")
 
 
@@ -193,12 +169,15 @@ def _read_predictions(path: Path, record: dict) -> tuple[np.ndarray, np.ndarray]
         arrays.append(np.asarray(values, dtype=np.int64))
     labels, preds = arrays
     if not len(labels) == len(preds) == record["n"]:
-        raise UserError(f"{path}: 'predictions' has {len(labels)} labels and {len(preds)} predictions "
-                        f"for n = {record['n']} test images")
+        raise UserError(
+            f"{path}: 'predictions' has {len(labels)} labels and {len(preds)} predictions "
+            f"for n = {record['n']} test images"
+        )
     correct = labels == preds
     if record["n"] and abs(correct.mean() - record["top1"]) > 0.5 / record["n"]:
-        raise UserError(f"{path}: field 'top1' ({record['top1']}) disagrees with its predictions "
-                        f"({correct.mean():.4f} right)")
+        raise UserError(
+            f"{path}: field 'top1' ({record['top1']}) disagrees with its predictions ({correct.mean():.4f} right)"
+        )
     return labels, correct
 
 
@@ -212,8 +191,10 @@ def _check_row_definitions(runs: pd.DataFrame) -> None:
     for name, part in runs.groupby("criterion"):
         definitions = part[["base_criterion", "global"]].drop_duplicates()
         if len(definitions) > 1:
-            raise UserError(f"row '{name}' has several definitions (base_criterion, global) "
-                            f"{sorted(map(tuple, definitions.values.tolist()))}: {sorted(part['path'])[:2]}")
+            raise UserError(
+                f"row '{name}' has several definitions (base_criterion, global) "
+                f"{sorted(map(tuple, definitions.values.tolist()))}: {sorted(part['path'])[:2]}"
+            )
 
 
 def _check_same_test_images(runs: pd.DataFrame) -> None:
@@ -221,8 +202,10 @@ def _check_same_test_images(runs: pd.DataFrame) -> None:
         first_labels, first_path = part["labels"].iloc[0], part["path"].iloc[0]
         for labels, path in zip(part["labels"], part["path"]):
             if not np.array_equal(labels, first_labels):
-                raise UserError(f"{path}: test labels of task '{task}' differ from those of {first_path}; "
-                                "every run of a task must predict the same test images in the same order")
+                raise UserError(
+                    f"{path}: test labels of task '{task}' differ from those of {first_path}; "
+                    "every run of a task must predict the same test images in the same order"
+                )
 
 
 def criterion_order(names: Iterable[str], focus: str = OURS) -> list[str]:
@@ -253,8 +236,9 @@ def _correct_matrix(runs: pd.DataFrame, seeds: Sequence[int]) -> np.ndarray:
 # ----------------------------------------------------------------------------- summary table
 
 
-def summary_table(runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RESAMPLES,
-                  seed: int = RNG_SEED) -> pd.DataFrame:
+def summary_table(
+    runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
+) -> pd.DataFrame:
     """Per task and pooled, per row and ratio: test top-1 with its interval and the size metrics.
 
     Columns: ``task, criterion, base_criterion, global, ratio, n_tasks, n_seeds,
@@ -267,13 +251,22 @@ def summary_table(runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RE
         for scope, scoped in _with_pooled(blocks):
             part = cell[cell["task"].isin(scoped)]
             interval = bootstrap_interval(scoped, n_resamples, seed)
-            rows.append({
-                "task": scope, "criterion": criterion, "base_criterion": part["base_criterion"].iloc[0],
-                "global": bool(part["global"].iloc[0]), "ratio": ratio, "n_tasks": len(scoped),
-                "n_seeds": part["seed"].nunique(), "top1_pct_mean": 100 * interval.mean,
-                "top1_pct_low": 100 * interval.low, "top1_pct_high": 100 * interval.high,
-                **_task_weighted_means(part), "macs_m_std": part["macs"].std() * 1e-6,
-            })
+            rows.append(
+                {
+                    "task": scope,
+                    "criterion": criterion,
+                    "base_criterion": part["base_criterion"].iloc[0],
+                    "global": bool(part["global"].iloc[0]),
+                    "ratio": ratio,
+                    "n_tasks": len(scoped),
+                    "n_seeds": part["seed"].nunique(),
+                    "top1_pct_mean": 100 * interval.mean,
+                    "top1_pct_low": 100 * interval.low,
+                    "top1_pct_high": 100 * interval.high,
+                    **_task_weighted_means(part),
+                    "macs_m_std": part["macs"].std() * 1e-6,
+                }
+            )
     return _sort_rows(pd.DataFrame(rows), focus)
 
 
@@ -287,12 +280,14 @@ def _sort_rows(table: pd.DataFrame, focus: str = OURS) -> pd.DataFrame:
     """Tasks in :func:`task_order`; in each, the reference first, then by ratio and row order."""
     row_rank = {name: i for i, name in enumerate(criterion_order(table["criterion"], focus))}
     task_rank = {name: i for i, name in enumerate(task_order(table["task"]))}
-    key = pd.DataFrame({
-        "task": table["task"].map(task_rank),
-        "not_reference": table["criterion"] != REFERENCE,
-        "ratio": table["ratio"],
-        "rank": table["criterion"].map(row_rank),
-    })
+    key = pd.DataFrame(
+        {
+            "task": table["task"].map(task_rank),
+            "not_reference": table["criterion"] != REFERENCE,
+            "ratio": table["ratio"],
+            "rank": table["criterion"].map(row_rank),
+        }
+    )
     return table.loc[key.sort_values(list(key.columns), kind="stable").index].reset_index(drop=True)
 
 
@@ -301,13 +296,17 @@ def summary_markdown(table: pd.DataFrame, environment: str = "") -> str:
     sections = [f"Test top-1 is the mean over seeds with its {_BOOTSTRAP_NOTE} Other columns are means."]
     for task in _pooled_first(table["task"]):
         part = table[table["task"] == task]
-        cells = pd.DataFrame({
-            "Row": part["criterion"],
-            "Ratio": part["ratio"].map(lambda r: f"{r:g}"),
-            "Seeds": part["n_seeds"].astype(int).astype(str),
-            f"Top-1 (%) [{_CI}]": [_interval_cell(m, lo, hi, 1) for m, lo, hi in
-                                   zip(part["top1_pct_mean"], part["top1_pct_low"], part["top1_pct_high"])],
-        })
+        cells = pd.DataFrame(
+            {
+                "Row": part["criterion"],
+                "Ratio": part["ratio"].map(lambda r: f"{r:g}"),
+                "Seeds": part["n_seeds"].astype(int).astype(str),
+                f"Top-1 (%) [{_CI}]": [
+                    _interval_cell(m, lo, hi, 1)
+                    for m, lo, hi in zip(part["top1_pct_mean"], part["top1_pct_low"], part["top1_pct_high"])
+                ],
+            }
+        )
         for metric in _SUMMARY_METRICS:
             cells[metric.header] = part[f"{metric.key}_mean"].map(lambda v, d=metric.digits: _number(v, d))
         sections += [_scope_title(task, part["n_tasks"].max()), markdown_cells(cells)]
@@ -326,7 +325,7 @@ def _scope_title(task: str, n_tasks: int) -> str:
 
 
 def _interval_cell(mean: float, low: float, high: float, digits: int) -> str:
-    """"75.6 [72.1, 79.0]"; "–" where there is no value."""
+    """ "75.6 [72.1, 79.0]"; "–" where there is no value."""
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -346,7 +345,7 @@ def markdown_cells(cells: pd.DataFrame) -> str:
 
 
 def environment_line(runs: pd.DataFrame) -> str:
-    """"Environment: ..." with each distinct ``env`` of the runs and how many runs had it.
+    """ "Environment: ..." with each distinct ``env`` of the runs and how many runs had it.
 
     Nested dicts (e.g. ``{"versions": {"torch": "2.5.0"}}``) are shown by their own keys.
     """
@@ -367,8 +366,9 @@ def _key_values(mapping: Mapping) -> list[str]:
 # ----------------------------------------------------------------------------- comparisons table
 
 
-def comparisons_table(runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RESAMPLES,
-                      seed: int = RNG_SEED) -> pd.DataFrame:
+def comparisons_table(
+    runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
+) -> pd.DataFrame:
     """Paired differences in test top-1, per task and pooled, per ratio, with their intervals.
 
     Two kinds of comparison: ``"<focus> − best baseline"``, the best baseline being the non-Map-EX
@@ -386,16 +386,37 @@ def comparisons_table(runs: pd.DataFrame, focus: str = OURS, n_resamples: int = 
         seeds = {pair["task"]: pair["n_seeds"] for pair in group}
         for scope, scoped in _with_pooled(blocks):
             interval = bootstrap_interval(scoped, n_resamples, seed)
-            rows.append({
-                "task": scope, "ratio": ratio, "comparison": comparison, "row": row,
-                "against": _against_text(against, scoped), "n_tasks": len(scoped),
-                "n_seeds": min(seeds[t] for t in scoped), "diff_pct_mean": 100 * interval.mean,
-                "diff_pct_low": 100 * interval.low, "diff_pct_high": 100 * interval.high,
-                "excludes_zero": interval.excludes_zero,
-            })
+            rows.append(
+                {
+                    "task": scope,
+                    "ratio": ratio,
+                    "comparison": comparison,
+                    "row": row,
+                    "against": _against_text(against, scoped),
+                    "n_tasks": len(scoped),
+                    "n_seeds": min(seeds[t] for t in scoped),
+                    "diff_pct_mean": 100 * interval.mean,
+                    "diff_pct_low": 100 * interval.low,
+                    "diff_pct_high": 100 * interval.high,
+                    "excludes_zero": interval.excludes_zero,
+                }
+            )
     if not rows:
-        return pd.DataFrame(columns=["task", "ratio", "comparison", "row", "against", "n_tasks", "n_seeds",
-                                     "diff_pct_mean", "diff_pct_low", "diff_pct_high", "excludes_zero"])
+        return pd.DataFrame(
+            columns=[
+                "task",
+                "ratio",
+                "comparison",
+                "row",
+                "against",
+                "n_tasks",
+                "n_seeds",
+                "diff_pct_mean",
+                "diff_pct_low",
+                "diff_pct_high",
+                "excludes_zero",
+            ]
+        )
     table = pd.DataFrame(rows)
     table["criterion"] = table["row"]
     return _sort_rows(table, focus).drop(columns="criterion")
@@ -410,15 +431,20 @@ def _comparison_pairs(runs: pd.DataFrame, focus: str) -> list[dict]:
         if focus in names and best is not None:
             pairs.append(_pair(task, ratio, f"{focus} − best baseline", focus, best, cell))
         if RANDOM in names:
-            pairs += [_pair(task, ratio, f"{row} − {RANDOM}", row, RANDOM, cell)
-                      for row in criterion_order(names - {RANDOM}, focus)]
+            pairs += [
+                _pair(task, ratio, f"{row} − {RANDOM}", row, RANDOM, cell)
+                for row in criterion_order(names - {RANDOM}, focus)
+            ]
     return pairs
 
 
 def best_baseline(cell: pd.DataFrame, focus: str = OURS) -> str | None:
     """Of one task and ratio's runs, the non-Map-EX row with the best mean validation top-1."""
-    candidates = cell[~cell["base_criterion"].isin(MAP_EX_FAMILY | {REFERENCE})
-                      & (cell["criterion"] != focus) & (cell["criterion"] != REFERENCE)]
+    candidates = cell[
+        ~cell["base_criterion"].isin(MAP_EX_FAMILY | {REFERENCE})
+        & (cell["criterion"] != focus)
+        & (cell["criterion"] != REFERENCE)
+    ]
     if candidates.empty:
         return None
     val = candidates.groupby("criterion")["val_top1"].mean()
@@ -430,11 +456,20 @@ def _pair(task: str, ratio: float, comparison: str, row: str, against: str, cell
     ours, theirs = cell[cell["criterion"] == row], cell[cell["criterion"] == against]
     seeds = sorted(set(ours["seed"]) & set(theirs["seed"]))
     if not seeds:
-        raise UserError(f"task '{task}', ratio {ratio:g}: rows '{row}' and '{against}' share no seed "
-                        f"({sorted(ours['seed'])} vs {sorted(theirs['seed'])}); they cannot be paired")
+        raise UserError(
+            f"task '{task}', ratio {ratio:g}: rows '{row}' and '{against}' share no seed "
+            f"({sorted(ours['seed'])} vs {sorted(theirs['seed'])}); they cannot be paired"
+        )
     block = _correct_matrix(ours, seeds) - _correct_matrix(theirs, seeds)
-    return {"task": task, "ratio": ratio, "comparison": comparison, "row": row, "against": against,
-            "n_seeds": len(seeds), "block": block}
+    return {
+        "task": task,
+        "ratio": ratio,
+        "comparison": comparison,
+        "row": row,
+        "against": against,
+        "n_seeds": len(seeds),
+        "block": block,
+    }
 
 
 def _group_pairs(pairs: list[dict]) -> Iterator[tuple[tuple[float, str, str], list[dict]]]:
@@ -453,19 +488,25 @@ def _against_text(against: Mapping[str, str], tasks: Iterable[str]) -> str:
 
 def comparisons_markdown(table: pd.DataFrame) -> str:
     """The comparisons as Markdown, pooled first, then each task, then the README sentences."""
-    sections = [f"Paired differences in test top-1 (points), mean over seeds and test images, with the {_BOOTSTRAP_NOTE} "
-                "The best baseline is chosen per task and ratio on validation top-1, never on test."]
+    sections = [
+        f"Paired differences in test top-1 (points), mean over seeds and test images, with the {_BOOTSTRAP_NOTE} "
+        "The best baseline is chosen per task and ratio on validation top-1, never on test."
+    ]
     for task in _pooled_first(table["task"]):
         part = table[table["task"] == task]
-        cells = pd.DataFrame({
-            "Ratio": part["ratio"].map(lambda r: f"{r:g}"),
-            "Comparison": part["comparison"],
-            "Against": part["against"],
-            "Seeds": part["n_seeds"].astype(int).astype(str),
-            f"Difference (points) [{_CI}]": [_interval_cell(m, lo, hi, 1) for m, lo, hi in
-                                             zip(part["diff_pct_mean"], part["diff_pct_low"], part["diff_pct_high"])],
-            "Excludes 0": part["excludes_zero"].map({True: "yes", False: "no"}),
-        })
+        cells = pd.DataFrame(
+            {
+                "Ratio": part["ratio"].map(lambda r: f"{r:g}"),
+                "Comparison": part["comparison"],
+                "Against": part["against"],
+                "Seeds": part["n_seeds"].astype(int).astype(str),
+                f"Difference (points) [{_CI}]": [
+                    _interval_cell(m, lo, hi, 1)
+                    for m, lo, hi in zip(part["diff_pct_mean"], part["diff_pct_low"], part["diff_pct_high"])
+                ],
+                "Excludes 0": part["excludes_zero"].map({True: "yes", False: "no"}),
+            }
+        )
         sections += [_scope_title(task, part["n_tasks"].max()), markdown_cells(cells)]
     sections.append(comparison_sentences(table))
     return "\n\n".join(sections) + "\n"
@@ -474,11 +515,16 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
 def comparison_sentences(table: pd.DataFrame, task: str = POOLED) -> str:
     """README-ready Markdown: the comparisons of ``task`` whose interval excludes 0, then those whose does not."""
     part = table[table["task"] == task]
-    scope = (f"pooled over {int(part['n_tasks'].max())} task(s)" if task == POOLED else f"task {task}") \
-        if len(part) else task
+    scope = (
+        (f"pooled over {int(part['n_tasks'].max())} task(s)" if task == POOLED else f"task {task}")
+        if len(part)
+        else task
+    )
     lines = []
-    for excludes, heading in ((True, f"Differences whose {_CI} excludes 0 ({scope})"),
-                              (False, f"Differences whose {_CI} includes 0, not shown to differ ({scope})")):
+    for excludes, heading in (
+        (True, f"Differences whose {_CI} excludes 0 ({scope})"),
+        (False, f"Differences whose {_CI} includes 0, not shown to differ ({scope})"),
+    ):
         chosen = part[part["excludes_zero"] == excludes]
         lines.append(f"**{heading}:**")
         lines += [_sentence(row) for _, row in chosen.iterrows()] or ["- none."]
@@ -488,8 +534,10 @@ def comparison_sentences(table: pd.DataFrame, task: str = POOLED) -> str:
 
 def _sentence(row: pd.Series) -> str:
     against = f" ({row['against']})" if "best baseline" in row["comparison"] else ""
-    return (f"- At ratio {row['ratio']:g}, {row['comparison']}{against}: {row['diff_pct_mean']:+.1f} points "
-            f"[{row['diff_pct_low']:+.1f}, {row['diff_pct_high']:+.1f}], {int(row['n_seeds'])} seeds.")
+    return (
+        f"- At ratio {row['ratio']:g}, {row['comparison']}{against}: {row['diff_pct_mean']:+.1f} points "
+        f"[{row['diff_pct_low']:+.1f}, {row['diff_pct_high']:+.1f}], {int(row['n_seeds'])} seeds."
+    )
 
 
 # ----------------------------------------------------------------------------- sanity table
@@ -501,18 +549,23 @@ _SANITY_CASES = ("top", "bottom", "random")
 def sanity_table(csv_paths: Sequence[Path]) -> pd.DataFrame:
     """Top / bottom / random validation top-1 per task (and pooled) × criterion × ratio, and ``ranks``.
 
-    ``csv_paths`` (the study writes one per task) have columns ``task, criterion, ratio, case, draw, val_top1`` (``case`` in top,
-    bottom, random; accuracies as fractions). ``ranks`` is true when the top case's mean is
-    above the largest random draw and the bottom case's mean below the smallest one. Pooled:
+    ``csv_paths`` (the study writes one per task) have columns ``task, criterion, ratio, case,
+    draw, val_top1`` (``case`` in top, bottom, random; accuracies as fractions). ``ranks`` is true
+    when the top case's mean is above the largest random draw and the bottom case's mean below the smallest one. Pooled:
     draw ``k`` is the mean over tasks of each task's draw ``k`` (likewise top and bottom), then
     the same rule. Columns: ``task, criterion, ratio, n_tasks, top_pct, bottom_pct,
     random_mean_pct, random_min_pct, random_max_pct, random_std_pct, n_random, ranks``.
     """
     frame = pd.concat([_read_sanity_csv(Path(path)) for path in csv_paths], ignore_index=True)
-    pooled = frame.groupby(["criterion", "ratio", "case", "draw"], as_index=False).agg(
-        val_top1=("val_top1", "mean"), n_tasks=("task", "nunique")).assign(task=POOLED)
-    rows = [_sanity_row(key, part) for key, part in
-            pd.concat([frame.assign(n_tasks=1), pooled]).groupby(["task", "criterion", "ratio"])]
+    pooled = (
+        frame.groupby(["criterion", "ratio", "case", "draw"], as_index=False)
+        .agg(val_top1=("val_top1", "mean"), n_tasks=("task", "nunique"))
+        .assign(task=POOLED)
+    )
+    rows = [
+        _sanity_row(key, part)
+        for key, part in pd.concat([frame.assign(n_tasks=1), pooled]).groupby(["task", "criterion", "ratio"])
+    ]
     return _sort_rows(pd.DataFrame(rows))
 
 
@@ -521,8 +574,12 @@ def _read_sanity_csv(path: Path) -> pd.DataFrame:
     bad = sorted(set(frame["case"].astype(str)) - set(_SANITY_CASES))
     if bad:
         raise UserError(f"{path}: column 'case' has values {bad}; expected {list(_SANITY_CASES)}")
-    frame = frame.assign(task=frame["task"].astype(str), criterion=frame["criterion"].astype(str),
-                         ratio=_numeric(path, frame, "ratio"), val_top1=_numeric(path, frame, "val_top1"))
+    frame = frame.assign(
+        task=frame["task"].astype(str),
+        criterion=frame["criterion"].astype(str),
+        ratio=_numeric(path, frame, "ratio"),
+        val_top1=_numeric(path, frame, "val_top1"),
+    )
     for (task, criterion, ratio), part in frame.groupby(["task", "criterion", "ratio"]):
         missing = [case for case in _SANITY_CASES if case not in set(part["case"])]
         if missing:
@@ -543,30 +600,45 @@ def _sanity_row(key: tuple[str, str, float], part: pd.DataFrame) -> dict:
     task, criterion, ratio = key
     by_case = {case: 100 * part.loc[part["case"] == case, "val_top1"] for case in _SANITY_CASES}
     top, bottom, random = by_case["top"].mean(), by_case["bottom"].mean(), by_case["random"]
-    return {"task": task, "criterion": criterion, "ratio": ratio, "n_tasks": int(part["n_tasks"].max()),
-            "top_pct": top, "bottom_pct": bottom, "random_mean_pct": random.mean(),
-            "random_min_pct": random.min(), "random_max_pct": random.max(),
-            "random_std_pct": random.std() if len(random) > 1 else float("nan"), "n_random": len(random),
-            "ranks": bool(top > random.max() and bottom < random.min())}
+    return {
+        "task": task,
+        "criterion": criterion,
+        "ratio": ratio,
+        "n_tasks": int(part["n_tasks"].max()),
+        "top_pct": top,
+        "bottom_pct": bottom,
+        "random_mean_pct": random.mean(),
+        "random_min_pct": random.min(),
+        "random_max_pct": random.max(),
+        "random_std_pct": random.std() if len(random) > 1 else float("nan"),
+        "n_random": len(random),
+        "ranks": bool(top > random.max() and bottom < random.min()),
+    }
 
 
 def sanity_markdown(table: pd.DataFrame) -> str:
-    sections = ["Validation top-1 (%) after keeping the top-scored, the bottom-scored or random filters. "
-                "**ranks** = yes when top is above the largest random draw and bottom below the smallest "
-                "(top > max(random) and bottom < min(random)); pooled draw k = mean over tasks of draw k."]
+    sections = [
+        "Validation top-1 (%) after keeping the top-scored, the bottom-scored or random filters. "
+        "**ranks** = yes when top is above the largest random draw and bottom below the smallest "
+        "(top > max(random) and bottom < min(random)); pooled draw k = mean over tasks of draw k."
+    ]
     for task in _pooled_first(table["task"]):
         part = table[table["task"] == task]
-        cells = pd.DataFrame({
-            "Criterion": part["criterion"],
-            "Ratio": part["ratio"].map(lambda r: f"{r:g}"),
-            "Top": part["top_pct"].map(lambda v: _number(v, 1)),
-            "Random mean": part["random_mean_pct"].map(lambda v: _number(v, 1)),
-            "Random min–max": [f"{lo:.1f}–{hi:.1f}" for lo, hi in zip(part["random_min_pct"], part["random_max_pct"])],
-            "Random std": part["random_std_pct"].map(lambda v: _number(v, 2)),
-            "Draws": part["n_random"].astype(int).astype(str),
-            "Bottom": part["bottom_pct"].map(lambda v: _number(v, 1)),
-            "ranks": part["ranks"].map({True: "yes", False: "no"}),
-        })
+        cells = pd.DataFrame(
+            {
+                "Criterion": part["criterion"],
+                "Ratio": part["ratio"].map(lambda r: f"{r:g}"),
+                "Top": part["top_pct"].map(lambda v: _number(v, 1)),
+                "Random mean": part["random_mean_pct"].map(lambda v: _number(v, 1)),
+                "Random min–max": [
+                    f"{lo:.1f}–{hi:.1f}" for lo, hi in zip(part["random_min_pct"], part["random_max_pct"])
+                ],
+                "Random std": part["random_std_pct"].map(lambda v: _number(v, 2)),
+                "Draws": part["n_random"].astype(int).astype(str),
+                "Bottom": part["bottom_pct"].map(lambda v: _number(v, 1)),
+                "ranks": part["ranks"].map({True: "yes", False: "no"}),
+            }
+        )
         sections += [_scope_title(task, part["n_tasks"].max()), markdown_cells(cells)]
     return "\n\n".join(sections) + "\n"
 
@@ -598,13 +670,19 @@ def latency_table(csv_path: Path, unpruned_macs: float | None = None) -> pd.Data
         raise UserError(f"{path}: missing columns {missing}")
     repeated = frame[frame.duplicated(["ratio", "shape"], keep=False)]
     if not repeated.empty:
-        raise UserError(f"{path}: ratio {repeated['ratio'].iloc[0]:g}, shape '{repeated['shape'].iloc[0]}' appears "
-                        "more than once; rows with one shape share one latency")
-    table = pd.DataFrame({
-        "ratio": _numeric(path, frame, "ratio"), "shape": frame["shape"].astype(str),
-        "rows": frame["rows"].astype(str).str.split(";").map(lambda names: ", ".join(n.strip() for n in names)),
-        "macs_m": _numeric(path, frame, "macs") * 1e-6, "params_m": _numeric(path, frame, "params") * 1e-6,
-    })
+        raise UserError(
+            f"{path}: ratio {repeated['ratio'].iloc[0]:g}, shape '{repeated['shape'].iloc[0]}' appears "
+            "more than once; rows with one shape share one latency"
+        )
+    table = pd.DataFrame(
+        {
+            "ratio": _numeric(path, frame, "ratio"),
+            "shape": frame["shape"].astype(str),
+            "rows": frame["rows"].astype(str).str.split(";").map(lambda names: ", ".join(n.strip() for n in names)),
+            "macs_m": _numeric(path, frame, "macs") * 1e-6,
+            "params_m": _numeric(path, frame, "params") * 1e-6,
+        }
+    )
     table["mac_reduction"] = (unpruned_macs * 1e-6 / table["macs_m"]) if unpruned_macs else np.nan
     for column in sorted(measured, key=_latency_sort_key):
         optional = not column.startswith("latency_ms_cpu_")
@@ -622,20 +700,24 @@ def _latency_sort_key(column: str) -> tuple[str, int]:
 
 
 def latency_markdown(table: pd.DataFrame) -> str:
-    cells = pd.DataFrame({
-        "Ratio": table["ratio"].map(lambda r: f"{r:g}"),
-        "Shape": table["shape"],
-        "Rows (same shape, one measurement)": table["rows"],
-        "MACs (M)": table["macs_m"].map(lambda v: _number(v, 1)),
-        "MAC reduction (×)": table["mac_reduction"].map(lambda v: _number(v, 2)),
-    })
+    cells = pd.DataFrame(
+        {
+            "Ratio": table["ratio"].map(lambda r: f"{r:g}"),
+            "Shape": table["shape"],
+            "Rows (same shape, one measurement)": table["rows"],
+            "MACs (M)": table["macs_m"].map(lambda v: _number(v, 1)),
+            "MAC reduction (×)": table["mac_reduction"].map(lambda v: _number(v, 2)),
+        }
+    )
     for column in [c for c in table.columns if _LATENCY_COLUMN.match(c)]:
         match = _LATENCY_COLUMN.match(column)
         label = f"{match['backend'].upper()} b{match['batch']}"
         cells[f"{label} (ms)"] = table[column].map(lambda v: _number(v, 2))
         cells[f"{label} speedup (×)"] = table[column.replace("latency_ms_", "speedup_")].map(lambda v: _number(v, 2))
-    note = ("Latency of each pruned shape against the unpruned model, measured once per shape: rows whose "
-            "pruned networks have the same layer widths share it. MAC reduction = unpruned MACs / MACs.")
+    note = (
+        "Latency of each pruned shape against the unpruned model, measured once per shape: rows whose "
+        "pruned networks have the same layer widths share it. MAC reduction = unpruned MACs / MACs."
+    )
     return f"{note}\n\n{markdown_cells(cells)}\n"
 
 
@@ -652,8 +734,13 @@ def _styles(names: Iterable[str], focus: str = OURS) -> dict[str, dict]:
         elif name == REFERENCE:
             styles[name] = dict(color="black", marker="*", linewidth=1.5, markersize=9, zorder=4)
         else:
-            styles[name] = dict(color=_OTHER_COLOURS[others % len(_OTHER_COLOURS)],
-                                marker=_MARKERS[others % len(_MARKERS)], linewidth=1.4, markersize=5, zorder=3)
+            styles[name] = dict(
+                color=_OTHER_COLOURS[others % len(_OTHER_COLOURS)],
+                marker=_MARKERS[others % len(_MARKERS)],
+                linewidth=1.4,
+                markersize=5,
+                zorder=3,
+            )
             others += 1
     return styles
 
@@ -666,8 +753,16 @@ def _error(part: pd.DataFrame, column: str) -> np.ndarray | pd.Series:
     return part[f"{column}_std"].fillna(0.0)
 
 
-def _errorbar_series(ax: Axes, stats: pd.DataFrame, x: str, y: str, styles: dict[str, dict],
-                     group: str = "criterion", xerr: str | None = None, dodge: float = 0.0) -> None:
+def _errorbar_series(
+    ax: Axes,
+    stats: pd.DataFrame,
+    x: str,
+    y: str,
+    styles: dict[str, dict],
+    group: str = "criterion",
+    xerr: str | None = None,
+    dodge: float = 0.0,
+) -> None:
     """One line with error bars per ``group`` value, in ``styles`` order.
 
     ``stats`` holds ``<y>_mean`` and either ``<y>_low``/``<y>_high`` (an interval) or ``<y>_std``
@@ -678,9 +773,16 @@ def _errorbar_series(ax: Axes, stats: pd.DataFrame, x: str, y: str, styles: dict
     shown = [name for name in styles if stats.loc[stats[group] == name, f"{y}_mean"].notna().any()]
     for i, name in enumerate(shown):
         part = stats[stats[group] == name].sort_values(x)
-        ax.errorbar(part[x] + (i - (len(shown) - 1) / 2) * dodge, part[f"{y}_mean"], yerr=_error(part, y),
-                    xerr=None if xerr is None else part[xerr].fillna(0.0),
-                    label=_label(name), capsize=3, elinewidth=1, **styles[name])
+        ax.errorbar(
+            part[x] + (i - (len(shown) - 1) / 2) * dodge,
+            part[f"{y}_mean"],
+            yerr=_error(part, y),
+            xerr=None if xerr is None else part[xerr].fillna(0.0),
+            label=_label(name),
+            capsize=3,
+            elinewidth=1,
+            **styles[name],
+        )
 
 
 def _label(name: str) -> str:
@@ -733,8 +835,13 @@ def plot_accuracy_vs_ratio(summary: pd.DataFrame, out_stem: Path, focus: str = O
         pruned = part[part["criterion"] != REFERENCE]
         _errorbar_series(ax, pruned, "ratio", "top1_pct", {k: v for k, v in styles.items() if k != REFERENCE})
         ax.set_xticks(sorted(pruned["ratio"].unique()))
-        _decorate(ax, "Pruning ratio (fraction of filters removed)", "Test top-1 accuracy (%)" if ax is axes[0, 0] else "",
-                  _panel_title(task, part["n_tasks"].max()), legend=ax is axes[0, -1])
+        _decorate(
+            ax,
+            "Pruning ratio (fraction of filters removed)",
+            "Test top-1 accuracy (%)" if ax is axes[0, 0] else "",
+            _panel_title(task, part["n_tasks"].max()),
+            legend=ax is axes[0, -1],
+        )
     fig.suptitle(f"Accuracy after pruning and fine-tuning (mean over seeds, {_CI})")
     _save(fig, out_stem)
 
@@ -744,8 +851,12 @@ def plot_accuracy_vs_macs(summary: pd.DataFrame, out_stem: Path, focus: str = OU
     pooled = summary[summary["task"] == POOLED]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     _errorbar_series(ax, pooled, "macs_m_mean", "top1_pct", _styles(pooled["criterion"], focus), xerr="macs_m_std")
-    _decorate(ax, "Multiply-accumulates per image (M)", "Test top-1 accuracy (%)",
-              f"Accuracy against compute ({_panel_title(POOLED, pooled['n_tasks'].max())}, {_CI})")
+    _decorate(
+        ax,
+        "Multiply-accumulates per image (M)",
+        "Test top-1 accuracy (%)",
+        f"Accuracy against compute ({_panel_title(POOLED, pooled['n_tasks'].max())}, {_CI})",
+    )
     _save(fig, out_stem)
 
 
@@ -766,8 +877,15 @@ def plot_filters_per_layer(runs: pd.DataFrame, out_stem: Path, ratio: float | No
     layers = list(at_ratio["filters_before"].iloc[0])
     stats = _filters_stats(at_ratio, layers)
     fig, ax = plt.subplots(figsize=(max(7.5, 0.4 * len(layers) + 3), 4.8))
-    ax.bar(range(len(layers)), [at_ratio["filters_before"].iloc[0][name] for name in layers],
-           width=0.8, color="0.88", edgecolor="0.55", label="unpruned", zorder=1)
+    ax.bar(
+        range(len(layers)),
+        [at_ratio["filters_before"].iloc[0][name] for name in layers],
+        width=0.8,
+        color="0.88",
+        edgecolor="0.55",
+        label="unpruned",
+        zorder=1,
+    )
     styles = _styles(at_ratio["criterion"], focus)
     _errorbar_series(ax, stats, "layer", "filters", styles, dodge=0.6 / len(styles))
     ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=8)
@@ -781,11 +899,13 @@ def plot_filters_per_layer(runs: pd.DataFrame, out_stem: Path, ratio: float | No
 
 def _filters_stats(runs: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
     """Long table ``criterion, layer (index), filters_mean, filters_std`` over the runs' tasks and seeds."""
-    long = pd.DataFrame([
-        {"criterion": crit, "layer": i, "filters": after.get(name, np.nan)}
-        for crit, after in zip(runs["criterion"], runs["filters_after"])
-        for i, name in enumerate(layers)
-    ])
+    long = pd.DataFrame(
+        [
+            {"criterion": crit, "layer": i, "filters": after.get(name, np.nan)}
+            for crit, after in zip(runs["criterion"], runs["filters_after"])
+            for i, name in enumerate(layers)
+        ]
+    )
     stats = long.groupby(["criterion", "layer"])["filters"].agg(["mean", "std"])
     return stats.add_prefix("filters_").reset_index()
 
@@ -801,20 +921,27 @@ def plot_paired_differences(comparisons: pd.DataFrame, out_stem: Path, focus: st
     entries = comparisons[["ratio", "comparison", "row"]].drop_duplicates().reset_index(drop=True)
     position = {tuple(e): len(entries) - 1 - i for i, e in enumerate(entries.itertuples(index=False))}
     styles = _styles(comparisons["row"], focus)
-    fig, axes = plt.subplots(1, len(scopes), figsize=(3.6 * len(scopes) + 3.5, 0.3 * len(entries) + 1.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(scopes), figsize=(3.6 * len(scopes) + 3.5, 0.3 * len(entries) + 1.6), sharey=True, squeeze=False
+    )
     for ax, task in zip(axes[0], scopes):
         part = comparisons[comparisons["task"] == task]
         for _, row in part.iterrows():
             y = position[(row["ratio"], row["comparison"], row["row"])]
             colour = styles[row["row"]]["color"]
-            ax.errorbar(row["diff_pct_mean"], y, capsize=3, elinewidth=1.2, color=colour, marker="o",
-                        xerr=[[row["diff_pct_mean"] - row["diff_pct_low"]], [row["diff_pct_high"] - row["diff_pct_mean"]]],
-                        markerfacecolor=colour if row["excludes_zero"] else "white")
+            ax.errorbar(
+                row["diff_pct_mean"],
+                y,
+                capsize=3,
+                elinewidth=1.2,
+                color=colour,
+                marker="o",
+                xerr=[[row["diff_pct_mean"] - row["diff_pct_low"]], [row["diff_pct_high"] - row["diff_pct_mean"]]],
+                markerfacecolor=colour if row["excludes_zero"] else "white",
+            )
         ax.axvline(0.0, color="black", linestyle="--", linewidth=1.0)
         ax.set_yticks(list(position.values()), [f"r={r:g}  {c}" for r, c, _ in position])
-        _decorate(ax, "Difference in test top-1 (points)", "", _panel_title(task, part["n_tasks"].max()),
-                  legend=False)
+        _decorate(ax, "Difference in test top-1 (points)", "", _panel_title(task, part["n_tasks"].max()), legend=False)
     fig.suptitle(f"Paired differences ({_CI}, bootstrap over seeds and test images)")
     _save(fig, out_stem)
 
@@ -824,9 +951,14 @@ def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -
     scopes = _pooled_first(sanity["task"])
     ratios = sorted(sanity["ratio"].unique())
     names = criterion_order(sanity["criterion"], focus)
-    fig, axes = plt.subplots(len(scopes), len(ratios), figsize=((0.8 * len(names) + 1.8) * len(ratios) + 2.5,
-                                                                 3.4 * len(scopes)),
-                             sharey=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(scopes),
+        len(ratios),
+        figsize=((0.8 * len(names) + 1.8) * len(ratios) + 2.5, 3.4 * len(scopes)),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     for (i, task), (j, ratio) in ((a, b) for a in enumerate(scopes) for b in enumerate(ratios)):
         ax = axes[i, j]
         part = sanity[(sanity["task"] == task) & np.isclose(sanity["ratio"], ratio)].set_index("criterion")
@@ -838,12 +970,17 @@ def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -
         ax.scatter(x, rows["top_pct"], color="#2ca02c", marker="^", s=45, zorder=4, label="top-scored kept")
         ax.scatter(x, rows["bottom_pct"], color="#9467bd", marker="v", s=45, zorder=4, label="bottom-scored kept")
         ticks = [f"{n}\n{'ranks' if rows.loc[n, 'ranks'] else 'no'}" if ok else n for n, ok in zip(names, present)]
-        ax.set_xticks(x, ticks, rotation=0 if len(names) <= 4 else 45, ha="center" if len(names) <= 4 else "right",
-                      fontsize=8)
+        ax.set_xticks(
+            x, ticks, rotation=0 if len(names) <= 4 else 45, ha="center" if len(names) <= 4 else "right", fontsize=8
+        )
         ax.set_xlim(-0.6, len(names) - 0.4)
-        _decorate(ax, "", "Validation top-1 (%)" if j == 0 else "",
-                  f"{_panel_title(task, part['n_tasks'].max() if len(part) else 1)}, ratio {ratio:g}",
-                  legend=(i, j) == (0, len(ratios) - 1))
+        _decorate(
+            ax,
+            "",
+            "Validation top-1 (%)" if j == 0 else "",
+            f"{_panel_title(task, part['n_tasks'].max() if len(part) else 1)}, ratio {ratio:g}",
+            legend=(i, j) == (0, len(ratios) - 1),
+        )
     fig.suptitle("Sanity check: top-scored > random > bottom-scored filters kept")
     _save(fig, out_stem)
 
@@ -867,8 +1004,15 @@ def plot_layer_sensitivity(csv_paths: Sequence[Path], out_stem: Path, focus: str
         threshold = np.nanmean(grid.to_numpy())
         for (r, c), value in np.ndenumerate(grid.to_numpy()):
             if not math.isnan(value):
-                ax.text(c, r, f"{value:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if value > threshold else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > threshold else "black",
+                )
     ax.set_title(f"Per-layer sensitivity (mean over {frame['task'].nunique()} task(s))")
     ax.set_xlabel("Criterion")
     ax.set_ylabel("Conv layer")
@@ -899,8 +1043,10 @@ def plot_response_maps(npz_path: Path, out_stem: Path) -> None:
     titles = [str(t) for t in data["panel_titles"]]
     shapes_ok = images.ndim == 4 and maps.ndim == 4 and images.shape[0] == maps.shape[0]
     if not shapes_ok or maps.shape[1] < 1 or len(titles) != maps.shape[1]:
-        raise UserError(f"{npz_path}: expected images [n,3,H,W], maps [n,P,H,W] with P >= 1 and P panel titles; "
-                        f"found images {images.shape}, maps {maps.shape}, {len(titles)} titles")
+        raise UserError(
+            f"{npz_path}: expected images [n,3,H,W], maps [n,P,H,W] with P >= 1 and P panel titles; "
+            f"found images {images.shape}, maps {maps.shape}, {len(titles)} titles"
+        )
     n, panels = maps.shape[:2]
     # WordNet-style names ("ladybug, ladybeetle, lady beetle, ...") are cut to their first synonym.
     row_titles = [str(t).split(",")[0] for t in data["image_titles"]] if "image_titles" in data else [""] * n
@@ -981,8 +1127,11 @@ def plot_samples_study(csv_path: Path, out_stem: Path) -> None:
 
 def _read_sensitivity_csv(path: Path) -> pd.DataFrame:
     frame = _read_csv(path, ("task", "criterion", "layer", "channels", "val_top1", "drop"))
-    return frame.assign(drop_pct=_numeric(path, frame, "drop") * 100.0, criterion=frame["criterion"].astype(str),
-                        layer=frame["layer"].astype(str))
+    return frame.assign(
+        drop_pct=_numeric(path, frame, "drop") * 100.0,
+        criterion=frame["criterion"].astype(str),
+        layer=frame["layer"].astype(str),
+    )
 
 
 def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -1006,10 +1155,13 @@ def plot_training_curves(history_csvs: Iterable[Path], out_stem: Path) -> None:
     frames = [_read_csv(Path(p), ("epoch", "train_top1", "val_top1")) for p in history_csvs]
     if not frames:
         raise UserError("no training histories given to the report")
-    long = pd.concat(frames).melt(id_vars="epoch", value_vars=["train_top1", "val_top1"],
-                                  var_name="split", value_name="top1")
-    long = long.assign(split=long["split"].map({"train_top1": "train", "val_top1": "validation"}),
-                       top1_pct=long["top1"].astype(float) * 100.0)
+    long = pd.concat(frames).melt(
+        id_vars="epoch", value_vars=["train_top1", "val_top1"], var_name="split", value_name="top1"
+    )
+    long = long.assign(
+        split=long["split"].map({"train_top1": "train", "val_top1": "validation"}),
+        top1_pct=long["top1"].astype(float) * 100.0,
+    )
     stats = long.groupby(["split", "epoch"])["top1_pct"].agg(["mean", "std"]).add_prefix("top1_pct_").reset_index()
     fig, ax = plt.subplots(figsize=(7, 4))
     _errorbar_series(ax, stats, "epoch", "top1_pct", _styles(stats["split"]), group="split")
@@ -1028,19 +1180,32 @@ def metrics_for_dvc(summary: pd.DataFrame, comparisons: pd.DataFrame) -> dict[st
     columns = ("top1_pct_mean", "top1_pct_low", "top1_pct_high", "macs_m_mean")
     compared = comparisons[comparisons["task"] == POOLED]
     return {
-        "summary": {f"{row['criterion']}/r{row['ratio']:g}": {c: round(float(row[c]), 4) for c in columns}
-                    for _, row in pooled.iterrows()},
-        "comparisons": {f"r{row['ratio']:g}/{row['comparison'].replace(' − ', ' vs ')}": {
-            c: round(float(row[c]), 4) for c in ("diff_pct_mean", "diff_pct_low", "diff_pct_high")}
-            for _, row in compared.iterrows()},
+        "summary": {
+            f"{row['criterion']}/r{row['ratio']:g}": {c: round(float(row[c]), 4) for c in columns}
+            for _, row in pooled.iterrows()
+        },
+        "comparisons": {
+            f"r{row['ratio']:g}/{row['comparison'].replace(' − ', ' vs ')}": {
+                c: round(float(row[c]), 4) for c in ("diff_pct_mean", "diff_pct_low", "diff_pct_high")
+            }
+            for _, row in compared.iterrows()
+        },
     }
 
 
-def build_report(run_paths: Iterable[Path], out_dir: Path, focus_row: str = OURS, sanity_csvs: Sequence[Path] = (),
-                 sensitivity_csvs: Sequence[Path] = (), latency_csv: Path | None = None,
-                 samples_csv: Path | None = None, response_maps: Path | None = None,
-                 history: Sequence[Path] | None = None, n_resamples: int = N_RESAMPLES,
-                 seed: int = RNG_SEED) -> list[Path]:
+def build_report(
+    run_paths: Iterable[Path],
+    out_dir: Path,
+    focus_row: str = OURS,
+    sanity_csvs: Sequence[Path] = (),
+    sensitivity_csvs: Sequence[Path] = (),
+    latency_csv: Path | None = None,
+    samples_csv: Path | None = None,
+    response_maps: Path | None = None,
+    history: Sequence[Path] | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = RNG_SEED,
+) -> list[Path]:
     """Every table and figure whose inputs are given, under ``out_dir/tables`` and ``out_dir/figures``.
 
     Always: ``summary``, ``comparisons`` (CSV + Markdown), ``summary.json`` (for DVC), and the
@@ -1052,7 +1217,9 @@ def build_report(run_paths: Iterable[Path], out_dir: Path, focus_row: str = OURS
     """
     runs = load_runs(run_paths)
     if focus_row not in set(runs["criterion"]):
-        raise UserError(f"focus row '{focus_row}' is in no run file; rows present: {criterion_order(runs['criterion'])}")
+        raise UserError(
+            f"focus row '{focus_row}' is in no run file; rows present: {criterion_order(runs['criterion'])}"
+        )
     tables, figures = Path(out_dir) / "tables", Path(out_dir) / "figures"
     summary = summary_table(runs, focus_row, n_resamples, seed)
     comparisons = comparisons_table(runs, focus_row, n_resamples, seed)

@@ -17,6 +17,7 @@ if one follows), read at the output of the submodule that returns it (a ResNet b
 MobileNetV2 inverted residual). Every other conv gets ``relu`` of its consumed activation
 (which changes nothing after a ReLU or ReLU6).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,9 @@ import functools
 import inspect
 import itertools
 import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence, Sized
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +137,8 @@ def _nonnegative_tap(conv_node: fx.Node, modules: dict[str, nn.Module]) -> tuple
 def _is_residual_add(node: fx.Node) -> bool:
     """An addition of two tensors (``out += identity`` traces to ``operator.add``)."""
     is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
-        node.op == "call_method" and node.target in _ADD_METHODS)
+        node.op == "call_method" and node.target in _ADD_METHODS
+    )
     return is_add and sum(isinstance(arg, fx.Node) for arg in node.args) == 2
 
 
@@ -158,8 +161,10 @@ def _returning_module(node: fx.Node, conv_name: str) -> str:
         if all(scope not in (user.meta.get("nn_module_stack") or {}) for user in node.users):
             return name
         break
-    raise UserError(f"tap 'nonneg': the residual add after conv '{conv_name}' is not the output of a "
-                    "submodule, so it cannot be read with a forward hook")
+    raise UserError(
+        f"tap 'nonneg': the residual add after conv '{conv_name}' is not the output of a "
+        "submodule, so it cannot be read with a forward hook"
+    )
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -381,10 +386,10 @@ def _image_means(output: Tensor, activation: Activation | None, normalised: Tens
     per_chunk = max(1, CHUNK_BYTES // max(1, output[0].nbytes))
     means = []
     for first in range(0, batch, per_chunk):
-        chunk = output[first:first + per_chunk]
+        chunk = output[first : first + per_chunk]
         chunk = chunk if activation is None else activation(chunk)
         units = chunk.reshape(len(chunk), channels, -1).to(normalised.dtype).transpose(1, 2)
-        means.append(torch.bmm(normalised[first:first + per_chunk], units))
+        means.append(torch.bmm(normalised[first : first + per_chunk], units))
     return torch.cat(means)
 
 
@@ -442,10 +447,19 @@ def filter_scores(
         with eval_mode(model):
             fields = effective_fields(model, first[0][:EFFECTIVE_FIELD_IMAGES], taps, geometries)
     accumulator = ResponseAccumulator(geometries, method, device, fields)
-    with eval_mode(model), torch.inference_mode(), tap_outputs(model, taps, accumulator.add_tapped), \
-            _autocast(device, amp):
-        for batch in tqdm(itertools.chain([first], batch_iterator), total=_length(batches),
-                          desc=f"{method} scores", unit="batch", disable=None if progress else True):
+    with (
+        eval_mode(model),
+        torch.inference_mode(),
+        tap_outputs(model, taps, accumulator.add_tapped),
+        _autocast(device, amp),
+    ):
+        for batch in tqdm(
+            itertools.chain([first], batch_iterator),
+            total=_length(batches),
+            desc=f"{method} scores",
+            unit="batch",
+            disable=None if progress else True,
+        ):
             images = batch[0].to(device)
             accumulator.start_batch(batch[-1], tuple(images.shape[-2:]))
             model(images)
@@ -459,8 +473,12 @@ def check_variant(method: str, score: str, tap: str = "consumed", field: str = "
     nothing (its denominator may vanish or change sign) for signed ones. ``field='effective'``
     applies to ``map-ex`` only (``map`` uses no receptive field).
     """
-    for what, value, valid in (("foreground method", method, METHODS), ("score", score, SCORES),
-                               ("tap", tap, TAPS), ("field", field, FIELDS)):
+    for what, value, valid in (
+        ("foreground method", method, METHODS),
+        ("score", score, SCORES),
+        ("tap", tap, TAPS),
+        ("field", field, FIELDS),
+    ):
         if value not in valid:
             raise UserError(f"unknown {what} '{value}'; expected one of {', '.join(valid)}")
     if score == "contrast" and tap != "nonneg":
@@ -510,8 +528,9 @@ def effective_fields(
 
 def _effective_field(activation: Tensor, images: Tensor, geometry: LayerGeometry) -> EffectiveField:
     unit = (activation.shape[2] // 2, activation.shape[3] // 2)
-    (gradient,) = torch.autograd.grad(activation[:, :, unit[0], unit[1]].sum(), images,
-                                      retain_graph=True, allow_unused=True, materialize_grads=True)
+    (gradient,) = torch.autograd.grad(
+        activation[:, :, unit[0], unit[1]].sum(), images, retain_graph=True, allow_unused=True, materialize_grads=True
+    )
     sensitivity = gradient.abs().sum(1).mean(0)
     if not bool(sensitivity.any()):
         sensitivity = field_box_map(geometry, unit, tuple(images.shape[-2:])).to(sensitivity)
@@ -527,8 +546,9 @@ def rank_correlation(scores: dict[str, Tensor], reference: dict[str, Tensor]) ->
     ``N`` whole layers can score exactly 0, and the average would then cover only the easy layers.)
     """
     layers = [name for name in reference if reference[name].unique().numel() > 1]
-    per_layer = [_pearson(_average_ranks(scores[name]), _average_ranks(reference[name])).nan_to_num(0.0)
-                 for name in layers]
+    per_layer = [
+        _pearson(_average_ranks(scores[name]), _average_ranks(reference[name])).nan_to_num(0.0) for name in layers
+    ]
     return float(torch.stack(per_layer).mean()) if per_layer else float("nan")
 
 

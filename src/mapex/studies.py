@@ -3,12 +3,14 @@
 Every accuracy a study uses to *choose* something (the Map-EX variant, the best baseline) is
 measured on the task's validation split, never on the test split.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -31,8 +33,9 @@ class _Evaluator:
     alone can drop it to chance and hide what its criterion kept.
     """
 
-    def __init__(self, params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device,
-                 recalibrate_bn: int = 0) -> None:
+    def __init__(
+        self, params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device, recalibrate_bn: int = 0
+    ) -> None:
         import itertools
 
         self.params, self.model, self.on = params, model.cpu(), on
@@ -49,8 +52,9 @@ class _Evaluator:
             recalibrate_batchnorm(model, self.calibration, self.on)
         return accuracy(model, self.val, self.on, progress=False)["top1"]
 
-    def pruned(self, spec: Row, scores: Scores, ratio: float, seed: int,
-               keep: dict[str, int] | None = None) -> tuple[float, dict[str, int]]:
+    def pruned(
+        self, spec: Row, scores: Scores, ratio: float, seed: int, keep: dict[str, int] | None = None
+    ) -> tuple[float, dict[str, int]]:
         """Validation top-1 of the task model pruned by ``scores``, and its filters per conv."""
         pruned = copy.deepcopy(self.model)
         report = experiment.prune_task_model(self.params, pruned, spec, scores, ratio, seed, keep=keep)
@@ -62,8 +66,14 @@ def negated(scores: Scores) -> Scores:
     return {name: -value for name, value in scores.items()}
 
 
-def sanity_study(params: dict[str, Any], model: nn.Module, task: TaskData, task_name: str,
-                 scores: dict[str, Scores], on: torch.device) -> pd.DataFrame:
+def sanity_study(
+    params: dict[str, Any],
+    model: nn.Module,
+    task: TaskData,
+    task_name: str,
+    scores: dict[str, Scores],
+    on: torch.device,
+) -> pd.DataFrame:
     """Validation top-1 before fine-tuning, at each of ``sanity.ratios``: each row's top-scored filters
     kept, its bottom-scored filters kept, and ``sanity.random_draws`` random prunings at the top
     case's shapes (BatchNorm statistics re-estimated first, see :class:`_Evaluator`).
@@ -85,14 +95,23 @@ def sanity_study(params: dict[str, Any], model: nn.Module, task: TaskData, task_
             bottom, _ = evaluator.pruned(spec, negated(row_scores), ratio, seed)
             key = (ratio, tuple(sorted(shapes.items())))
             if key not in random_cache:
-                random_cache[key] = [_random_accuracy(evaluator, random_spec, ratio, draw, shapes)
-                                     for draw in range(draws)]
+                random_cache[key] = [
+                    _random_accuracy(evaluator, random_spec, ratio, draw, shapes) for draw in range(draws)
+                ]
             cases = [("top", 0, top), ("bottom", 0, bottom)]
             cases += [("random", draw, value) for draw, value in enumerate(random_cache[key])]
-            records += [{"task": task_name, "criterion": name, "ratio": ratio, "case": case, "draw": draw,
-                         "val_top1": value} for case, draw, value in cases]
-            log.info("sanity %s r=%s: top %.3f bottom %.3f random %s", name, ratio, top, bottom,
-                     [round(v, 3) for v in random_cache[key]])
+            records += [
+                {"task": task_name, "criterion": name, "ratio": ratio, "case": case, "draw": draw, "val_top1": value}
+                for case, draw, value in cases
+            ]
+            log.info(
+                "sanity %s r=%s: top %.3f bottom %.3f random %s",
+                name,
+                ratio,
+                top,
+                bottom,
+                [round(v, 3) for v in random_cache[key]],
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -102,8 +121,14 @@ def _random_accuracy(evaluator: _Evaluator, spec: Row, ratio: float, draw: int, 
     return evaluator.pruned(spec, scores, ratio, draw, keep=shapes)[0]
 
 
-def sensitivity_study(params: dict[str, Any], model: nn.Module, task: TaskData, task_name: str,
-                      scores: dict[str, Scores], on: torch.device) -> pd.DataFrame:
+def sensitivity_study(
+    params: dict[str, Any],
+    model: nn.Module,
+    task: TaskData,
+    task_name: str,
+    scores: dict[str, Scores],
+    on: torch.device,
+) -> pd.DataFrame:
     """Per prunable group and row: validation top-1 after removing ``sensitivity.fraction`` of that
     group's channels alone (by the row's scores), and the drop from the unpruned task model."""
     from mapex.prune import kept_count, prunable_groups
@@ -119,14 +144,24 @@ def sensitivity_study(params: dict[str, Any], model: nn.Module, task: TaskData, 
         keep = {name: kept_count(channels[name], fraction) for name in group}
         for name, row_scores in scores.items():
             top1, _ = evaluator.pruned(row(params, name), row_scores, fraction, seed, keep=keep)
-            records.append({"task": task_name, "criterion": name, "layer": group[0], "convs": len(group),
-                            "channels": channels[group[0]], "val_top1": top1, "drop": reference - top1})
-        log.info("sensitivity %s: %s", group[0], {r["criterion"]: round(r["drop"], 3) for r in records[-len(scores):]})
+            records.append(
+                {
+                    "task": task_name,
+                    "criterion": name,
+                    "layer": group[0],
+                    "convs": len(group),
+                    "channels": channels[group[0]],
+                    "val_top1": top1,
+                    "drop": reference - top1,
+                }
+            )
+        log.info("sensitivity %s: %s", group[0], {r["criterion"]: round(r["drop"], 3) for r in records[-len(scores) :]})
     return pd.DataFrame.from_records(records)
 
 
-def samples_study(params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device,
-                  checkpoints: Path) -> pd.DataFrame:
+def samples_study(
+    params: dict[str, Any], model: nn.Module, task: TaskData, on: torch.device, checkpoints: Path
+) -> pd.DataFrame:
     """Pruning in multiple samples: scores from N images per class against scores from all of them
     (Spearman), and test top-1 of the model pruned with them, before and after the usual fine-tuning."""
     from mapex.data import balanced_subset
@@ -145,11 +180,26 @@ def samples_study(params: dict[str, Any], model: nn.Module, task: TaskData, on: 
             pruned = copy.deepcopy(model).cpu()
             experiment.prune_task_model(params, pruned, spec, scores, study["ratio"], seed)
             before = accuracy(pruned.to(on), test_loader, on)["top1"]
-            experiment.fit_model(params, pruned, params["finetune"], seed, task.task_train, task.task_val,
-                                 checkpoints / f"n{n}_s{seed}", on)
-            records.append({"criterion": study["criterion"], "n_per_class": n, "seed": seed,
-                            "spearman": rank_correlation(scores, reference), "top1_before_finetune": before,
-                            "top1": accuracy(pruned, test_loader, on)["top1"]})
+            experiment.fit_model(
+                params,
+                pruned,
+                params["finetune"],
+                seed,
+                task.task_train,
+                task.task_val,
+                checkpoints / f"n{n}_s{seed}",
+                on,
+            )
+            records.append(
+                {
+                    "criterion": study["criterion"],
+                    "n_per_class": n,
+                    "seed": seed,
+                    "spearman": rank_correlation(scores, reference),
+                    "top1_before_finetune": before,
+                    "top1": accuracy(pruned, test_loader, on)["top1"],
+                }
+            )
             log.info("samples study: N=%d seed=%d -> %s", n, seed, records[-1])
     return pd.DataFrame.from_records(records)
 
@@ -162,8 +212,13 @@ def shape_key(filters_after: dict[str, int]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def latency_by_shape(params: dict[str, Any], runs: Iterable[dict[str, Any]], load_model: Callable[[str], nn.Module],
-                     reference: nn.Module, onnx_dir: Path | None = None) -> pd.DataFrame:
+def latency_by_shape(
+    params: dict[str, Any],
+    runs: Iterable[dict[str, Any]],
+    load_model: Callable[[str], nn.Module],
+    reference: nn.Module,
+    onnx_dir: Path | None = None,
+) -> pd.DataFrame:
     """CPU latency of each distinct pruned architecture, once, interleaved with the unpruned model.
 
     ``runs`` are evaluation records (with ``run``, ``task``, ``seed``, ``criterion``, ``ratio``,
@@ -193,14 +248,21 @@ def latency_by_shape(params: dict[str, Any], runs: Iterable[dict[str, Any]], loa
         chosen = next((m for m in members if m["run"] in exported), members[0])
         model = load_model(chosen["run"])
         record: dict[str, Any] = {
-            "ratio": ratio, "shape": key, "rows": ";".join(sorted({m["criterion"] for m in members})),
-            "runs": len(members), "macs": chosen["macs"], "params": chosen["params"],
+            "ratio": ratio,
+            "shape": key,
+            "rows": ";".join(sorted({m["criterion"] for m in members})),
+            "runs": len(members),
+            "macs": chosen["macs"],
+            "params": chosen["params"],
             "mac_reduction": reference_macs / chosen["macs"],
         }
         session = _session(model, onnx_dir / f"{chosen['run']}.onnx", size) if chosen["run"] in exported else None
         for batch in params["evaluate"]["latency_batches"]:
-            record.update(_speed(interleaved_latency(reference, model, batch, size, params["evaluate"]["latency_reps"]),
-                                 "cpu", batch))
+            record.update(
+                _speed(
+                    interleaved_latency(reference, model, batch, size, params["evaluate"]["latency_reps"]), "cpu", batch
+                )
+            )
             if session is not None:
                 record.update(_speed(_ort_latency(reference_session, session, batch, size, params), "ort", batch))
         records.append(record)
@@ -232,5 +294,8 @@ def _ort_latency(reference, session, batch: int, size: tuple[int, int], params: 
 
 def _speed(times: tuple[float, float], backend: str, batch: int) -> dict[str, float]:
     unpruned, pruned = times
-    return {f"latency_ms_{backend}_b{batch}": pruned, f"latency_ms_{backend}_b{batch}_unpruned": unpruned,
-            f"speedup_{backend}_b{batch}": unpruned / pruned}
+    return {
+        f"latency_ms_{backend}_b{batch}": pruned,
+        f"latency_ms_{backend}_b{batch}_unpruned": unpruned,
+        f"speedup_{backend}_b{batch}": unpruned / pruned,
+    }

@@ -20,6 +20,7 @@ oneDNN's convolutions are faster (ResNet-18 on 64×64 images, 2 cores: ~62 s ins
 Best epoch: the highest validation top-1; a tie goes to the later epoch (more training at a lower
 learning rate, which a one-cycle or cosine schedule ends with). The test split is never seen here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -132,14 +133,22 @@ def fit(
     for epoch in range(len(state.history) + 1, config.epochs + 1):
         started = time.perf_counter()
         _seed_epoch(train_loader, config.seed, epoch)
-        train_loss, train_top1 = _train_one_epoch(model, train_loader, optimizer, scheduler, criterion,
-                                                  steps, device, epoch, checkpoint, progress)
+        train_loss, train_top1 = _train_one_epoch(
+            model, train_loader, optimizer, scheduler, criterion, steps, device, epoch, checkpoint, progress
+        )
         val_loss, val_top1 = _validate(model, val_loader, device, progress)
-        state.record({
-            "epoch": epoch, "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss,
-            "val_top1": val_top1, "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-        }, model)
+        state.record(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_top1": train_top1,
+                "val_loss": val_loss,
+                "val_top1": val_top1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            },
+            model,
+        )
         _save_checkpoint(checkpoint, model, optimizer, scheduler, identity, state)
         if progress:
             tqdm.write(_summary(state.history[-1], config.epochs))
@@ -157,8 +166,9 @@ def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=True, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+    )
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
@@ -182,9 +192,18 @@ def _seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
-def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                     scheduler: LRScheduler, criterion: nn.Module, steps: int, device: torch.device,
-                     epoch: int, checkpoint: Path, progress: bool) -> tuple[float, float]:
+def _train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    criterion: nn.Module,
+    steps: int,
+    device: torch.device,
+    epoch: int,
+    checkpoint: Path,
+    progress: bool,
+) -> tuple[float, float]:
     """One pass of ``steps`` batches; returns mean loss and top-1 over the samples seen."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -248,22 +267,32 @@ def _shapes_fingerprint(model: nn.Module) -> str:
     return fingerprint({name: list(tensor.shape) for name, tensor in model.state_dict().items()})
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                     identity: dict[str, Any], state: _TrainingState) -> None:
-    save_torch(path, {
-        "format": CHECKPOINT_FORMAT,
-        "meta": identity,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": state.history,
-        "best_epoch": state.best_epoch,
-        "best_state": state.best_state,
-    })
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    identity: dict[str, Any],
+    state: _TrainingState,
+) -> None:
+    save_torch(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "meta": identity,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": state.history,
+            "best_epoch": state.best_epoch,
+            "best_state": state.best_state,
+        },
+    )
 
 
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-            identity: dict[str, Any]) -> _TrainingState:
+def _resume(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, identity: dict[str, Any]
+) -> _TrainingState:
     """Load ``path`` into the model, optimizer and scheduler; refuse one written for other inputs."""
     fix = f"delete {path} to start over, or pass --restart"
     try:
@@ -280,7 +309,9 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
         scheduler.load_state_dict(saved["scheduler"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
         detail = " ".join(str(err).split())[:120]
-        raise UserError(f"{path}: not a complete checkpoint of this model ({type(err).__name__}: {detail}); {fix}") from err
+        raise UserError(
+            f"{path}: not a complete checkpoint of this model ({type(err).__name__}: {detail}); {fix}"
+        ) from err
     return state
 
 
@@ -290,25 +321,37 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr
 def _training_state(saved: dict[str, Any], model: nn.Module) -> _TrainingState:
     """The history and best weights of a checkpoint, checked against each other and the model."""
     history, best_epoch, best_state = saved["history"], saved["best_epoch"], saved["best_state"]
-    if not isinstance(history, list) or not all(isinstance(row, dict) and set(HISTORY_KEYS) <= set(row)
-                                                for row in history):
+    if not isinstance(history, list) or not all(
+        isinstance(row, dict) and set(HISTORY_KEYS) <= set(row) for row in history
+    ):
         raise ValueError("its history is not one row per epoch")
     if not isinstance(best_epoch, int) or not (0 < best_epoch <= len(history) or best_epoch == len(history) == 0):
         raise ValueError(f"best_epoch {best_epoch!r} is not an epoch of its history")
     shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
-    if not isinstance(best_state, dict) or not all(isinstance(tensor, Tensor) for tensor in best_state.values()) \
-            or {name: tensor.shape for name, tensor in best_state.items()} != shapes:
+    if (
+        not isinstance(best_state, dict)
+        or not all(isinstance(tensor, Tensor) for tensor in best_state.values())
+        or {name: tensor.shape for name, tensor in best_state.items()} != shapes
+    ):
         raise ValueError("its best weights are not weights of this model")
-    return _TrainingState(best_state={name: tensor.to("cpu") for name, tensor in best_state.items()},
-                          best_epoch=best_epoch, history=history)
+    return _TrainingState(
+        best_state={name: tensor.to("cpu") for name, tensor in best_state.items()},
+        best_epoch=best_epoch,
+        history=history,
+    )
 
 
 def _changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    return ", ".join(f"{key}: {saved.get(key)!r} -> {value!r}"
-                     for key, value in current.items() if key not in saved or not same(saved[key], value))
+    return ", ".join(
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in current.items()
+        if key not in saved or not same(saved[key], value)
+    )
 
 
 def _summary(row: dict[str, float], epochs: int) -> str:
-    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.3f} top-1 {row['train_top1']:.3f}, "
-            f"val loss {row['val_loss']:.3f} top-1 {row['val_top1']:.3f}, lr {row['lr']:.4g}, "
-            f"{row['seconds']:.0f} s")
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.3f} top-1 {row['train_top1']:.3f}, "
+        f"val loss {row['val_loss']:.3f} top-1 {row['val_top1']:.3f}, lr {row['lr']:.4g}, "
+        f"{row['seconds']:.0f} s"
+    )

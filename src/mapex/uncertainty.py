@@ -24,12 +24,13 @@ image × seed noise twice and is conservative; 0.93 with 3 seeds and 2-point shi
 understates a large seed variance (by a factor (S − 1) / S, and the percentile interval of S values
 is coarse). More seeds, not more resamples, is the remedy.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 import numpy as np
 
@@ -54,8 +55,9 @@ class Interval:
         return self.low > 0.0 or self.high < 0.0
 
 
-def bootstrap_interval(blocks: Mapping[str, np.ndarray], n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED,
-                       level: float = LEVEL) -> Interval:
+def bootstrap_interval(
+    blocks: Mapping[str, np.ndarray], n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED, level: float = LEVEL
+) -> Interval:
     """Equal-weight mean over tasks of each task's ``[seeds, images]`` matrix mean, with its interval.
 
     ``blocks`` maps a task name to its matrix (0/1 correctness, or a paired difference of two
@@ -64,8 +66,9 @@ def bootstrap_interval(blocks: Mapping[str, np.ndarray], n_resamples: int = N_RE
     """
     if not blocks:
         raise ValueError("bootstrap_interval needs at least one task")
-    per_task = [resampled_means(np.asarray(block, dtype=float), task, n_resamples, seed)
-                for task, block in blocks.items()]
+    per_task = [
+        resampled_means(np.asarray(block, dtype=float), task, n_resamples, seed) for task, block in blocks.items()
+    ]
     pooled = np.mean(per_task, axis=0)
     low, high = np.quantile(pooled, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     point = float(np.mean([np.mean(block) for block in blocks.values()]))
@@ -87,8 +90,9 @@ def resampled_means(block: np.ndarray, task: str, n_resamples: int = N_RESAMPLES
 
 
 @lru_cache(maxsize=32)
-def resample_counts(task: str, n_seeds: int, n_images: int, n_resamples: int = N_RESAMPLES,
-                    seed: int = RNG_SEED) -> tuple[np.ndarray, np.ndarray]:
+def resample_counts(
+    task: str, n_seeds: int, n_images: int, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """How often each seed and each image is drawn in each resample: ``[R, seeds]`` and ``[R, images]``.
 
     Every resample draws ``n_seeds`` seeds and ``n_images`` images with replacement. The generator

@@ -5,6 +5,7 @@ import os
 from snakemake.utils import validate
 
 from mapex.config import load_params
+from mapex.io import pick_device
 from mapex.pipeline import UNPRUNED, row, run_ids, task_names
 
 
@@ -22,15 +23,20 @@ validate(config, "../schemas/params.schema.yaml")
 
 DATA = f"work/data/{config['data']['name']}"
 BASELINE = "work/baseline/model.pt"
+SCORES = "work/scores/{task}/{criterion}/s{seed}.pt"
 TASKS = task_names(config)
 FIRST_SEED = config["seeds"][0]
+# Jobs that compute on the device ask for this much of the `gpu` resource, which the profiles cap at
+# 1: one job at a time on a local GPU or MPS device. On a CPU they ask for none, so `--cores` alone
+# decides how many single-threaded jobs run side by side. (The SLURM profile sets it per rule.)
+GPU = int(config["device"] != "cpu" and (config["device"] != "auto" or pick_device().type != "cpu"))
 
 
 def scores_of(wildcards):
     """A run's scores file; the unpruned reference has none."""
     if wildcards.criterion == UNPRUNED:
         return []
-    return f"work/scores/{wildcards.task}/{wildcards.criterion}/s{wildcards.seed}.pt"
+    return SCORES.format(task=wildcards.task, criterion=wildcards.criterion, seed=wildcards.seed)
 
 
 def row_params(wildcards):
@@ -41,6 +47,11 @@ def row_params(wildcards):
 
 def scores_option(wildcards, input):
     return f"--scores {input.scores}" if input.scores else ""
+
+
+def score_files():
+    """Every pruned run's scores file: one per task, row and seed."""
+    return expand(SCORES, task=TASKS, criterion=config["prune"]["criteria"], seed=config["seeds"])
 
 
 def run_files(folder, suffix):

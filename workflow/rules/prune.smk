@@ -4,7 +4,7 @@ rule scores:
         data=DATA,
         model=BASELINE,
     output:
-        "work/scores/{task}/{criterion}/s{seed}.pt",
+        SCORES,
     conda:
         "../envs/mapex.yaml"
     params:
@@ -18,7 +18,7 @@ rule scores:
         "benchmarks/out/scores/{task}/{criterion}/s{seed}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     shell:
         "mapex --log {log} scores --params {params.file} --data {input.data} --model {input.model}"
         " --task {wildcards.task} --criterion {wildcards.criterion} --seed {wildcards.seed} --out {output}"
@@ -51,7 +51,7 @@ rule run:
         "benchmarks/out/run/{task}/{criterion}/r{ratio}/s{seed}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     shell:
         "mapex --log {log} run --params {params.file} --data {input.data} --model {input.model}"
         " --task {wildcards.task} --criterion {wildcards.criterion} --ratio {wildcards.ratio}"

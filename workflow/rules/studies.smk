@@ -23,7 +23,7 @@ rule sanity:
         "benchmarks/out/sanity/{task}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     shell:
         "mapex --log {log} sanity --params {params.file} --data {input.data} --model {input.model}"
         " --task {wildcards.task} --out {output} --threads {threads}"
@@ -54,7 +54,7 @@ rule sensitivity:
         "benchmarks/out/sensitivity/{task}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     shell:
         "mapex --log {log} sensitivity --params {params.file} --data {input.data} --model {input.model}"
         " --task {wildcards.task} --out {output} --threads {threads}"
@@ -108,7 +108,7 @@ rule samples_study:
         "benchmarks/out/samples_study.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     shell:
         "mapex --log {log} samples --params {params.file} --data {input.data} --model {input.model}"
         " --out {output} --threads {threads}"
@@ -157,7 +157,7 @@ rule diagnose:
         "logs/diagnose.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     shell:
         "mapex --log {log} diagnose --params {params.file} --data {input.data} --model {input.model}"
         " --out {output} --threads {threads}"

@@ -1,4 +1,5 @@
 """Datasets with boxes: fetching archives, reading formats, splits, box-aware transforms, loaders."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ The check reads the dataset with the same readers as training does (:mod:`mapex.
 but with a :class:`~mapex.data.formats.ProblemLog` that records every problem instead of stopping
 at the first one; the report says which of them the policy makes errors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,11 +11,12 @@ are therefore the same for the same seed and epoch whatever ``num_workers`` is a
 worker makes a batch, so no ``worker_init_fn`` is needed, and a run resumed at epoch ``e``
 (``loader.sampler.set_epoch(e)``) sees the batches an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -66,7 +67,9 @@ def _load_all(samples: list[BoxSample], size: int) -> tuple[Tensor, list[Tensor]
     pixels = torch.empty(len(samples), size, size, 3, dtype=torch.uint8)
     boxes = []
     for position, sample in enumerate(samples):
-        image, image_boxes = fit_to_size(_decode(sample.image), torch.tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4), size)
+        image, image_boxes = fit_to_size(
+            _decode(sample.image), torch.tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4), size
+        )
         pixels[position] = image.permute(1, 2, 0)
         boxes.append(image_boxes)
     return pixels, boxes
@@ -111,7 +114,7 @@ class SeededBatchSampler(Sampler[BatchKey]):
         if self.shuffle:
             rng.shuffle(order)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start:start + self.batch_size], rng.getrandbits(63)
+            yield order[start : start + self.batch_size], rng.getrandbits(63)
 
 
 def _already_batched(batch: Batch) -> Batch:

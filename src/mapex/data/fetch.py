@@ -4,6 +4,7 @@ Whatever goes wrong (missing file, checksum mismatch, corrupt archive, interrupt
 caller sees one :class:`~mapex.io.UserError` line and the disk holds neither ``dest`` nor any
 temporary file or folder: the archive is unpacked beside ``dest`` and renamed onto it only at the end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -79,7 +81,11 @@ def _local_archive(source: str, dest: Path) -> Iterator[Path]:
         with _downloaded(source, dest) as path:
             yield path
         return
-    path = Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)) if source.startswith("file://") else Path(source)
+    path = (
+        Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path))
+        if source.startswith("file://")
+        else Path(source)
+    )
     if not path.is_file():
         raise UserError(f"{path}: archive not found")
     yield path

@@ -13,6 +13,7 @@ dropped (``skip``; a box outside the image is clipped instead).
 Image order, class order and the hold-out split are deterministic, so two reads of one dataset
 with the same arguments give the same index.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,9 +23,9 @@ import json
 import math
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Mapping
 
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -93,7 +94,7 @@ class ProblemPolicy:
         try:
             overrides = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{source}: not valid JSON ({err}); e.g. '{{\"no-box\": \"error\"}}'") from err
+            raise UserError(f'{source}: not valid JSON ({err}); e.g. \'{{"no-box": "error"}}\'') from err
         return cls.from_dict(overrides)
 
 
@@ -353,8 +354,12 @@ def _clipped(coords: Box, size: tuple[int, int], file: Path, log: ProblemLog) ->
 def _clip(coords: Box, size: tuple[int, int]) -> Box:
     x0, y0, x1, y1 = coords
     width, height = size
-    return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), max(min(x1, float(width)), 0.0),
-            max(min(y1, float(height)), 0.0))
+    return (
+        min(max(x0, 0.0), width),
+        min(max(y0, 0.0), height),
+        max(min(x1, float(width)), 0.0),
+        max(min(y1, float(height)), 0.0),
+    )
 
 
 def _tolerance(side: int) -> float:

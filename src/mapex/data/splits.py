@@ -6,11 +6,12 @@ are in the index (selecting classes before or after splitting gives the same sam
 ``balanced_subset`` with a larger ``per_class`` contains the one with a smaller ``per_class``
 (the "multiple samples" study compares nested sample sets).
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from mapex.data.types import BoxIndex, BoxSample
 from mapex.io import UserError

@@ -1,4 +1,5 @@
 """The data recipe every stage derives from params the same way: source splits and one task's splits."""
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,10 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path, task_classes: l
 def _check_not_empty(data: TaskData, root: Path) -> None:
     for split in ("source_train", "source_val", "source_test", "task_train", "task_val", "task_test"):
         if not getattr(data, split).samples:
-            raise UserError(f"{root}: the {split.replace('_', ' ')} split has no image "
-                            "(check data.val_fraction, data.max_per_class and the dataset's splits)")
+            raise UserError(
+                f"{root}: the {split.replace('_', ' ')} split has no image "
+                "(check data.val_fraction, data.max_per_class and the dataset's splits)"
+            )
 
 
 def _test_split_name(fmt: str) -> str:

@@ -4,6 +4,7 @@ Layout: ``wnids.txt``, ``words.txt`` (id TAB names), ``train/<wnid>/<wnid>_boxes
 ``train/<wnid>/images/``, and ``val/val_annotations.txt`` with ``val/images/``. Box corners in the
 files are inclusive pixels; they are read as half-open boxes (``+1`` on ``x1``, ``y1``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ Boxes are XYXY positions on a continuous axis, which matches our half-open pixel
 horizontal flip maps ``[x0, x1)`` to ``[W - x1, W - x0)``, a resize by ``f`` maps it to
 ``[f·x0, f·x1)`` and a shift by ``d`` to ``[x0 + d, x1 + d)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ def fit_to_size(image: Tensor, boxes: Tensor, size: int) -> tuple[Tensor, Tensor
 
     The boxes come back clamped to the image as :func:`keep_visible_boxes` does.
     """
-    boxes = tv_tensors.BoundingBoxes(boxes, format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=tuple(image.shape[-2:]))
+    boxes = tv_tensors.BoundingBoxes(
+        boxes, format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=tuple(image.shape[-2:])
+    )
     resized, resized_boxes = v2.Resize((size, size))(tv_tensors.Image(image), boxes)
     owners = torch.zeros(len(resized_boxes), dtype=torch.long)
     (kept,) = keep_visible_boxes(resized_boxes.as_subclass(Tensor), owners, 1, size, size)
@@ -84,10 +87,10 @@ class BatchTransform:
         """Each image's window of its zero-padded copy, mirrored where ``flipped``; channels-last throughout."""
         count, pad, size = len(images), self.padding, self.size
         padded = images.new_zeros(count, size + 2 * pad, size + 2 * pad, 3)
-        padded[:, pad:pad + size, pad:pad + size] = images.permute(0, 2, 3, 1)
+        padded[:, pad : pad + size, pad : pad + size] = images.permute(0, 2, 3, 1)
         cropped = torch.empty(count, size, size, 3, dtype=images.dtype)
         for k, ((x, y), flip) in enumerate(zip(offsets.tolist(), flipped.tolist())):
-            window = padded[k, y:y + size, x:x + size]
+            window = padded[k, y : y + size, x : x + size]
             cropped[k] = window.flip(1) if flip else window
         return cropped.permute(0, 3, 1, 2)
 

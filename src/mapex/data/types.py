@@ -1,4 +1,5 @@
 """The box-labelled index that every dataset reader returns and every later stage consumes."""
+
 from __future__ import annotations
 
 from collections import Counter
