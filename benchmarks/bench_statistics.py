@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from mapex.models import device_of
 from mapex.statistics import FIELDS, TAPS, filter_scores
 
 Batch = tuple[torch.Tensor, list[torch.Tensor]]
@@ -69,7 +70,7 @@ def synchronise() -> None:
 
 def forward_only(model: torch.nn.Module, batches: list[Batch]) -> None:
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     with torch.inference_mode():
         for images, _boxes in batches:
             model(images.to(device))

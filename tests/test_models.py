@@ -161,3 +161,24 @@ def test_a_corrupt_cached_file_is_a_user_error(tmp_path, monkeypatch):
 def test_tiny_nets_have_no_pretrained_weights():
     with pytest.raises(UserError, match="no pretrained weights for tiny-cnn"):
         build_model("tiny-cnn", 5, pretrained=True)
+
+
+def test_eval_mode_restores_the_training_flag_even_after_an_error():
+    from mapex.models import eval_mode
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        assert not model.training and not model[1].training
+        raise RuntimeError("inside")
+    assert model.training and model[1].training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training
+
+
+def test_conv_layers_and_device_of():
+    from mapex.models import conv_layers, device_of
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 2, 1)))
+    assert [(name, conv.out_channels) for name, conv in conv_layers(model)] == [("0", 4), ("2.0", 2)]
+    assert device_of(model) == torch.device("cpu") and device_of(nn.ReLU()) == torch.device("cpu")

@@ -30,6 +30,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from mapex import io, statistics
+from mapex.models import conv_layers, device_of, eval_mode
 
 Batch = tuple[Any, ...]
 ScoreDict = dict[str, Tensor]
@@ -79,12 +80,8 @@ class Criterion(tp.importance.Importance):
         """
         if self.needs_data and batches is None:
             raise io.UserError(f"criterion '{self.name}' needs data batches")
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             self.scores = _clean(self._score(model, batches, input_size))
-        finally:
-            model.train(was_training)
         self.bind(model)
         return self.scores
 
@@ -94,7 +91,7 @@ class Criterion(tp.importance.Importance):
         Call it before pruning when the scores were given precomputed.
         """
         self._module_scores = {}
-        for name, conv in _convs(model):
+        for name, conv in conv_layers(model):
             if name not in self.scores:
                 continue
             score = self.scores[name]
@@ -176,7 +173,7 @@ class L1Criterion(Criterion):
     needs_data = False
 
     def _score(self, model, batches, input_size) -> ScoreDict:
-        return {name: conv.weight.detach().abs().flatten(1).sum(1) for name, conv in _convs(model)}
+        return {name: conv.weight.detach().abs().flatten(1).sum(1) for name, conv in conv_layers(model)}
 
 
 @register
@@ -195,7 +192,7 @@ class BNScaleCriterion(Criterion):
         modules = dict(model.named_modules())
         followers = {name: modules[tap.module] for name, tap in statistics.activation_taps(model).items()}
         batchnorms = {name: bn for name, bn in followers.items() if isinstance(bn, nn.BatchNorm2d) and bn.affine}
-        missing = [name for name, _ in _convs(model) if name not in batchnorms]
+        missing = [name for name, _ in conv_layers(model) if name not in batchnorms]
         if missing:
             raise io.UserError(f"criterion 'bn-scale': no affine BatchNorm follows {', '.join(missing)}")
         return {name: bn.weight.detach().abs() for name, bn in batchnorms.items()}
@@ -214,7 +211,7 @@ class RandomCriterion(Criterion):
 
     def _score(self, model, batches, input_size) -> ScoreDict:
         generator = torch.Generator().manual_seed(self.seed)
-        return {name: torch.rand(conv.out_channels, generator=generator) for name, conv in _convs(model)}
+        return {name: torch.rand(conv.out_channels, generator=generator) for name, conv in conv_layers(model)}
 
 
 # --------------------------------------------------------------------------- data-driven criteria
@@ -372,24 +369,16 @@ class _RunningMeans:
         return {name: total / self._counts[name] for name, total in self._sums.items()}
 
 
-def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
 def _clean(scores: Mapping[str, Tensor]) -> ScoreDict:
     """Scores as float32 CPU tensors, detached (they are kept, saved, and compared)."""
     return {name: torch.as_tensor(s).detach().to("cpu", torch.float32) for name, s in scores.items()}
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _images(batch: Batch, model: nn.Module) -> Tensor:
-    return batch[0].to(_device(model))
+    return batch[0].to(device_of(model))
 
 
 def _labels(batch: Batch, model: nn.Module) -> Tensor:
     if len(batch) < 3:
         raise io.UserError("this criterion needs labelled batches: (images, labels, boxes)")
-    return torch.as_tensor(batch[1]).to(_device(model))
+    return torch.as_tensor(batch[1]).to(device_of(model))

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from mapex.geometry import BoxBatch, LayerGeometry, batch_foreground_weights, receptive_fields, whole_image_units
-from mapex.statistics import eval_mode, filter_scores, tap_activations
+from mapex.models import device_of, eval_mode
+from mapex.statistics import filter_scores, tap_activations
 
 CONSTANT_TOLERANCE = 1e-6  # an image's weights count as constant when max - min is below this
 
@@ -88,7 +89,7 @@ def _layer_statistics(
 ) -> dict[str, dict[str, float]]:
     counts = _LayerCounts()
     geometries: dict[str, LayerGeometry] | None = None
-    device = next(model.parameters()).device
+    device = device_of(model)
     with eval_mode(model), torch.inference_mode(), tap_activations(model, counts.add):
         for batch in batches:
             images = batch[0].to(device)

@@ -8,13 +8,12 @@ BatchNorm, activations and pooling are not counted), so MACs = FLOPs / 2. For a 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from mapex.io import UserError
+from mapex.models import eval_mode
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -273,16 +273,6 @@ def evaluate_model(
         for batch in latency_batches:
             metrics[f"latency_ms_cuda_b{batch}"] = measure_latency(model, batch, input_size, cuda, reps=latency_reps)
     return metrics
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put a model in eval mode for a block, then restore its previous train/eval flag."""
-    was_training = model.training
-    try:
-        yield model.eval()
-    finally:
-        model.train(was_training)
 
 
 def example_input(model: nn.Module, batch: int, input_size: InputSize) -> torch.Tensor:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mapex.evaluate import InputSize, eval_mode, example_input
+from mapex.evaluate import InputSize, example_input
 from mapex.io import UserError, atomic_path
+from mapex.models import eval_mode
 
 OPSET = 18
 INPUT_NAME = "images"

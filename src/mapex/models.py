@@ -21,9 +21,10 @@ initialised one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -226,3 +227,24 @@ def _new_linear(old: nn.Linear, out_features: int) -> nn.Linear:
 def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every conv of ``model`` with its qualified name, in module order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for a block (no BatchNorm statistics updated), then the model's previous flag again."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)

@@ -22,10 +22,9 @@ below the threshold, instead of keeping its best one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 from mapex import io
 from mapex.criteria import Criterion, is_conv_out_pruning
 from mapex.identity import load_checked
-from mapex.models import STEMS, build_model, classifier_name
+from mapex.models import STEMS, build_model, classifier_name, conv_layers, device_of, eval_mode
 
 
 @dataclasses.dataclass
@@ -97,7 +96,7 @@ def prune_model(
         raise io.UserError(f"pruning ratio must be in [0, 1), got {ratio}")
     if round_to is not None and round_to < 1:
         raise io.UserError(f"round_to must be a positive integer, got {round_to}")
-    example_input = example_input[:1].to(next(model.parameters()).device)
+    example_input = example_input[:1].to(device_of(model))
     names = {module: name for name, module in model.named_modules()}
     exempt = list(default_exempt(model, example_input) if exempt is None else exempt)
     ignored = [module for name in exempt for module in _module_named(model, name).modules()]
@@ -106,13 +105,13 @@ def prune_model(
     macs_before, params_before = count_macs_and_params(model, example_input)
 
     pruned: dict[str, list[int]] = {}
-    with _evaluating(model), torch.enable_grad():  # Torch-Pruning traces through autograd
+    with eval_mode(model), torch.enable_grad():  # Torch-Pruning traces through autograd
         if keep is not None:
-            kept = {conv: keep.get(name, conv.out_channels) for name, conv in _convs(model)}
+            kept = {conv: keep.get(name, conv.out_channels) for name, conv in conv_layers(model)}
         elif global_pruning:
             kept = _globally_kept(model, importance, ratio, example_input, ignored, round_to)
         else:
-            kept = {conv: kept_count(conv.out_channels, ratio, round_to) for _, conv in _convs(model)}
+            kept = {conv: kept_count(conv.out_channels, ratio, round_to) for _, conv in conv_layers(model)}
         pruner = _make_pruner(model, importance, kept, example_input, ignored)
         for group in pruner.step(interactive=True):
             pruned.update(_pruned_conv_filters(group, names))
@@ -156,7 +155,7 @@ def default_exempt(model: nn.Module, example_input: Tensor) -> list[str]:
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
     try:
-        with torch.no_grad(), _evaluating(model):
+        with torch.no_grad(), eval_mode(model):
             model(example_input)
     finally:
         for hook in hooks:
@@ -169,11 +168,11 @@ def default_exempt(model: nn.Module, example_input: Tensor) -> list[str]:
 
 def prunable_groups(model: nn.Module, example_input: Tensor, exempt: Sequence[str] | None = None) -> list[list[str]]:
     """The conv names of each group of coupled output channels that :func:`prune_model` may prune."""
-    example_input = example_input[:1].to(next(model.parameters()).device)
+    example_input = example_input[:1].to(device_of(model))
     names = {module: name for name, module in model.named_modules()}
     exempt = list(default_exempt(model, example_input) if exempt is None else exempt)
     ignored = [module for name in exempt for module in _module_named(model, name).modules()]
-    with _evaluating(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
         groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
         return [
@@ -240,7 +239,7 @@ def _check_runs(model: nn.Module, path: Any) -> None:
     """One forward pass of a small image: weights whose shapes do not chain (a BatchNorm narrower
     than its conv) are found here, naming the file, not in the middle of a stage."""
     try:
-        with torch.no_grad(), _evaluating(model):
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, 3, 64, 64))
     except RuntimeError as err:
         raise io.UserError(f"{path}: its weights do not fit together ({' '.join(str(err).split())[:160]})") from err
@@ -401,12 +400,8 @@ def _pruned_conv_filters(group: tp.Group, names: dict[nn.Module, str]) -> dict[s
     }
 
 
-def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
 def _filter_counts(model: nn.Module) -> dict[str, int]:
-    return {name: conv.out_channels for name, conv in _convs(model)}
+    return {name: conv.out_channels for name, conv in conv_layers(model)}
 
 
 def count_macs_and_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
@@ -421,14 +416,3 @@ def _module_named(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError as err:
         raise io.UserError(f"exempt module '{name}' is not in the model") from err
-
-
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside (tracing must not update BN statistics); the caller's mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)

@@ -48,6 +48,7 @@ from mapex.geometry import (
     trace_model,
 )
 from mapex.io import UserError
+from mapex.models import device_of, eval_mode
 
 SCORES = ("diff", "ratio", "fg", "contrast")
 TAPS = ("consumed", "nonneg")
@@ -439,7 +440,7 @@ def filter_scores(
     first = next(batch_iterator, None)
     if first is None:
         raise UserError("filter_scores got no batches: the task sample is empty")
-    device = _model_device(model)
+    device = device_of(model)
     graph = trace_model(model)
     taps, geometries = _taps_and_geometries(model, graph, tap, input_size or tuple(first[0].shape[-2:]))
     fields = None
@@ -515,7 +516,7 @@ def effective_fields(
     dead) falls back to the unit's theoretical field, which gives the theoretical weights.
     The model must be in eval mode; its parameters' ``.grad`` are left untouched.
     """
-    images = images.detach().to(_model_device(model)).requires_grad_(True)
+    images = images.detach().to(device_of(model)).requires_grad_(True)
     measured: dict[Tap, EffectiveField] = {}  # convs that share a tap (nonneg, one block's output) share it
     with torch.enable_grad():
         with kept_outputs(model, {name: tap.module for name, tap in taps.items()}) as outputs:
@@ -580,7 +581,7 @@ def response_maps(
             maps[name] = activation.detach().float()
 
     with eval_mode(model), tap_activations(model, keep):
-        model(images.to(_model_device(model)))
+        model(images.to(device_of(model)))
     panels, titles = [], []
     for name in layers:
         order = scores[name].argsort(descending=True)
@@ -594,21 +595,6 @@ def response_maps(
 
 def _length(batches: Iterable) -> int | None:
     return len(batches) if isinstance(batches, Sized) else None
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for a block, then the model's previous train/eval flag again."""
-    was_training = model.training
-    try:
-        yield model.eval()
-    finally:
-        model.train(was_training)
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:

@@ -18,6 +18,7 @@ from torch import nn
 
 from mapex import experiment
 from mapex.data.task import TaskData
+from mapex.models import conv_layers
 from mapex.pipeline import Row, row
 
 log = logging.getLogger("mapex")
@@ -137,7 +138,7 @@ def sensitivity_study(
     fraction = params["sensitivity"]["fraction"]
     seed = params["seeds"][0]
     reference = evaluator.accuracy(copy.deepcopy(evaluator.model))
-    channels = {name: m.out_channels for name, m in evaluator.model.named_modules() if isinstance(m, nn.Conv2d)}
+    channels = {name: conv.out_channels for name, conv in conv_layers(evaluator.model)}
     example = torch.zeros(1, 3, *experiment.input_size(params))
     records = []
     for group in prunable_groups(copy.deepcopy(evaluator.model), example):
