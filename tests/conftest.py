@@ -42,7 +42,7 @@ def dvc_stage_files(root: Path) -> dict[str, tuple[frozenset[str], frozenset[str
 
     with Repo(str(root)) as repo:
         return {
-            stage.addressing: (
+            stage.name: (
                 frozenset(dep.def_path for dep in stage.deps if not isinstance(dep, ParamsDependency)),
                 frozenset(out.def_path for out in stage.outs),
             )

@@ -39,10 +39,18 @@ def scores_of(wildcards):
     return SCORES.format(task=wildcards.task, criterion=wildcards.criterion, seed=wildcards.seed)
 
 
-def row_params(wildcards):
-    """What a row's jobs depend on (criterion, options, ranking), so editing another row reruns nothing here."""
+def scoring_params(wildcards):
+    """What a row's scores depend on (its criterion and options): editing another row reruns nothing here."""
     spec = row(config, wildcards.criterion)
-    return {"criterion": spec.criterion, "options": spec.options, "global": spec.global_ranking}
+    return {"criterion": spec.criterion, "options": spec.options}
+
+
+def pruning_params(wildcards):
+    """What a run's pruning depends on besides its scores; the unpruned reference depends on none of it."""
+    if wildcards.criterion == UNPRUNED:
+        return {}
+    spec = row(config, wildcards.criterion)
+    return {**scoring_params(wildcards), "global": spec.global_ranking, "round_to": config["prune"]["round_to"]}
 
 
 def scores_option(wildcards, input):

@@ -11,7 +11,7 @@ rule scores:
         file=PARAMS,
         data=config["data"],
         statistics=config["statistics"],
-        row=row_params,
+        row=scoring_params,
     log:
         "logs/scores/{task}/{criterion}/s{seed}.log",
     benchmark:
@@ -41,8 +41,7 @@ rule run:
     params:
         file=PARAMS,
         data=config["data"],
-        row=row_params,
-        round_to=config["prune"]["round_to"],
+        pruning=pruning_params,
         finetune=config["finetune"],
         scores=scores_option,
     log:
