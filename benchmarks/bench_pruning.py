@@ -7,12 +7,13 @@
 
 ResNet-18 (torchvision stem, random weights, 20-class head) at 64x64, pruned with the ``l1``
 criterion (local ranking, first conv and classifier exempt, kept counts rounded to ``--round-to``).
-MACs are the evaluation's ``count_macs``; latencies come from ``interleaved_latency``, the code
-behind the pipeline's latency study: one forward pass of the unpruned model's deployed copy (BN
-folded into the convs, channels-last, inference mode, as ``measure_latency`` times it), then one
-of the pruned model's, alternating, median of ``--reps`` after ``--warmup``, so that load from
-other processes hits both alike; batch 64, torch's default thread count (or ``--threads``). PASS
-when speedup / MAC reduction factor reaches the target: 0.8 at ratios up to 0.5, 0.7 above.
+MACs are the pipeline's ``count_macs_and_params`` (Torch-Pruning's counter); latencies come from
+``interleaved_latency``, the code behind the pipeline's latency study: one forward pass of the
+unpruned model's deployed copy (BN folded into the convs, channels-last, inference mode, as
+``measure_latency`` times it), then one of the pruned model's, alternating, median of ``--reps``
+after ``--warmup``, so that load from other processes hits both alike; batch 64, torch's default
+thread count (or ``--threads``). PASS when speedup / MAC reduction factor reaches the target: 0.8
+at ratios up to 0.5, 0.7 above.
 
 ``--explain`` answers why a pruned model measured alone can be slower than the same model measured
 in a loop that alternates it with the unpruned one: per timed run it reports the minor page faults
@@ -42,10 +43,15 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mapex.criteria import get_criterion
-from mapex.evaluate import count_macs, deployed_copy, example_input, interleaved_latency
+from mapex.evaluate import deployed_copy, interleaved_latency
+from mapex.models import count_macs_and_params, example_input
 from mapex.prune import prune_model
 
 CPU = torch.device("cpu")
+
+
+def macs_of(model: nn.Module, size: int) -> int:
+    return count_macs_and_params(model, size)[0]
 
 
 def target(ratio: float) -> float:
@@ -77,11 +83,11 @@ def speed_table(model: nn.Module, args: argparse.Namespace) -> dict[float, nn.Mo
     )
     print(header)
     print("-" * len(header))
-    macs_before = count_macs(model, args.size)
+    macs_before = macs_of(model, args.size)
     pruned_models = {}
     for ratio in args.ratios:
         pruned = pruned_models[ratio] = pruned_copy(model, ratio, args.size, args.round_to)
-        macs_after = count_macs(pruned, args.size)
+        macs_after = macs_of(pruned, args.size)
         before, after = interleaved_latency(model, pruned, args.batch, args.size, args.reps, args.warmup)
         mac_factor, speedup = macs_before / macs_after, before / after
         efficiency = speedup / mac_factor
@@ -121,7 +127,7 @@ def profile_table(model: nn.Module, pruned: nn.Module, ratio: float, args: argpa
     total_before, total_after = sum(before.values()), sum(after.values())
     print(
         f"\nwhere the time goes at ratio {ratio} (self CPU ms per forward, torch.profiler; "
-        f"MAC reduction {count_macs(model, args.size) / count_macs(pruned, args.size):.2f}x)"
+        f"MAC reduction {macs_of(model, args.size) / macs_of(pruned, args.size):.2f}x)"
     )
     print(f"{'op':<32} {'ms before':>9} {'ms after':>8} {'before/after':>12} {'share after':>11}")
     for op in sorted(after, key=after.get, reverse=True)[:10]:

@@ -189,7 +189,7 @@ def make_pipeline(root: Path) -> Pipeline:
 def leave_checkpoint(pipeline: Pipeline, argv: list[str]) -> Path:
     """Run ``argv`` (a ``train`` or ``run``) but stop it after its last epoch, before it saves its
     model: as a killed stage, it leaves its checkpoint. Returns the checkpoint's path (relative)."""
-    with working_in(pipeline.root), mock.patch("mapex.cli._save_fitted", side_effect=RuntimeError("killed")):
+    with working_in(pipeline.root), mock.patch("mapex.stages.save_fitted", side_effect=RuntimeError("killed")):
         with pytest.raises(RuntimeError, match="killed"):
             main(argv)
     checkpoint = pipeline.checkpoint_of(argv[argv.index("--out") + 1])

@@ -35,3 +35,10 @@ def test_defaults_come_from_the_schema_for_the_cli_and_snakemake_alike():
     assert ours["prune"]["round_to"] == schema["prune"]["properties"]["round_to"]["default"]
     assert ours["data"]["max_per_class"] is schema["data"]["properties"]["max_per_class"]["default"]
     assert ours["model"]["stem"] == schema["model"]["properties"]["stem"]["default"]
+    assert ours["train"]["schedule"] == ours["finetune"]["schedule"] == "onecycle"  # through $ref and allOf
+
+
+def test_the_schedules_are_the_trainers_own():
+    from mapex.train import SCHEDULES
+
+    assert load_schema()["$defs"]["fit"]["properties"]["schedule"]["enum"] == list(SCHEDULES)

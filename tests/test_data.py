@@ -5,10 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import sys
 import tarfile
 import threading
-import types
 import zipfile
 from hashlib import sha256
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from conftest import ARCHIVE, ARCHIVE_SHA256
+from conftest import ARCHIVE, ARCHIVE_SHA256, REPO
 from mapex.data import (
     BoxDataset,
     BoxIndex,
@@ -26,13 +24,14 @@ from mapex.data import (
     eval_transform,
     fetch,
     make_loader,
-    read_dataset,
     read_tiny_imagenet,
     select_classes,
     stratified_split,
     train_transform,
 )
 from mapex.data.fetch import MARKER
+from mapex.data.formats import ProblemLog, ProblemPolicy
+from mapex.data.registry import FORMATS, get_format
 from mapex.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, fit_to_size, keep_visible_boxes
 from mapex.io import UserError
 
@@ -281,17 +280,25 @@ def test_tiny_imagenet_rejects_bad_lines_and_splits(tiny_layout: Path) -> None:
         read_tiny_imagenet(tiny_layout, "test")
 
 
-def test_read_dataset_dispatches_by_format(tiny_layout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert len(read_dataset(tiny_layout, "tiny-imagenet", "train")) == 6
-    calls = []
-    fake = types.ModuleType("mapex.data.formats")
-    fake.read_formatted = lambda root, format, split: calls.append((root, format, split)) or "index"
-    monkeypatch.setitem(sys.modules, "mapex.data.formats", fake)
-    assert read_dataset(tiny_layout, "coco", "val") == "index" and calls == [(tiny_layout, "coco", "val")]
-    with pytest.raises(
-        UserError, match="unknown dataset format 'imagenet'; expected one of tiny-imagenet, voc, coco, yolo, csv"
-    ):
-        read_dataset(tiny_layout, "imagenet", "train")
+def test_every_format_is_in_the_schema_the_cli_and_the_docs_from_the_one_registry() -> None:
+    from mapex.cli import build_parser
+    from mapex.config import load_schema
+
+    schema = load_schema()["properties"]["data"]["properties"]["format"]["enum"]
+    check = build_parser()._subparsers._group_actions[0].choices["data"]._subparsers._group_actions[0]
+    cli = next(action.choices for action in check.choices["check"]._actions if action.dest == "format")
+    docs = (REPO / "docs/datasets.md").read_text()
+    assert schema == list(cli) == list(FORMATS)
+    assert f"# {' | '.join(FORMATS)}" in docs
+
+
+def test_a_registered_format_reads_a_split_and_refuses_an_unknown_name(tiny_layout: Path) -> None:
+    tiny = get_format("tiny-imagenet")
+    index = tiny.read(tiny_layout, "train", ProblemLog(ProblemPolicy()), "largest")
+    assert len(index) == 6 and tiny.test_split == "val"
+    assert get_format("coco").test_split == "test"
+    with pytest.raises(UserError, match="unknown dataset format 'imagenet'; expected one of tiny-imagenet, voc, coco"):
+        get_format("imagenet")
 
 
 # ---------------------------------------------------------------- splits

@@ -6,8 +6,9 @@ import torchvision
 from torch import nn
 
 from mapex.criteria import get_criterion
-from mapex.evaluate import accuracy, count_macs, count_params, deployed_copy, evaluate_model, file_size, measure_latency
+from mapex.evaluate import accuracy, deployed_copy, evaluate_model, file_size, measure_latency
 from mapex.io import UserError
+from mapex.models import count_macs_and_params
 from mapex.prune import prune_model
 
 CPU = torch.device("cpu")
@@ -49,37 +50,6 @@ def test_top5_is_top_k_when_there_are_fewer_than_5_classes():
     assert result["top5"] == 1.0
 
 
-def test_macs_of_one_conv_by_hand():
-    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
-    assert count_macs(conv, (10, 12)) == 8 * 3 * 3 * 3 * 10 * 12
-
-
-def test_macs_of_a_strided_grouped_conv_and_a_linear_by_hand():
-    model = nn.Sequential(
-        nn.Conv2d(4, 8, kernel_size=3, stride=2, padding=1, groups=2, bias=False),  # 16x16 -> 8x8
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 10),
-    )
-    conv_macs = 8 * (4 // 2) * 3 * 3 * 8 * 8
-    assert count_macs(model, 16) == conv_macs + 8 * 10
-
-
-def test_count_macs_restores_training_mode():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
-    before = model[1].running_mean.clone()
-    count_macs(model, 8)
-    assert model.training
-    assert torch.equal(model[1].running_mean, before)  # counted in eval mode: BN statistics untouched
-
-
-def test_params_by_hand():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(8, 2))
-    assert count_params(model) == (8 * 3 * 3 * 3 + 8) + (8 * 2 + 2)
-
-
 def test_file_size(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"x" * 123)
@@ -107,8 +77,8 @@ def test_evaluate_model_reports_accuracy_size_and_latencies():
     loader = [(images[:4], labels[:4], []), (images[4:], labels[4:], [])]
     metrics = evaluate_model(model, loader, CPU, (16, 16), latency_batches=(1, 2), latency_reps=2, progress=False)
     assert metrics["top1"] == 1.0 and metrics["top5"] == 1.0 and metrics["n"] == 6
-    assert metrics["params"] == count_params(model)
-    assert metrics["macs"] == 4 * 3 * 9 * 16 * 16 + 4 * 3
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert (metrics["macs"], metrics["params"]) == count_macs_and_params(model, 16)  # the project's one counter
     for batch in (1, 2):
         assert metrics[f"latency_ms_cpu_b{batch}"] > 0
         assert metrics[f"latency_ms_ort_b{batch}"] > 0

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from mapex.io import UserError
-from mapex.models import ARCHS, build_model, classifier_name, first_conv_name, restrict_classes
+from mapex.models import ARCHS, build_model, classifier_name, count_macs_and_params, first_conv_name, restrict_classes
 
 
 @functools.cache
@@ -182,3 +182,42 @@ def test_conv_layers_and_device_of():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 2, 1)))
     assert [(name, conv.out_channels) for name, conv in conv_layers(model)] == [("0", 4), ("2.0", 2)]
     assert device_of(model) == torch.device("cpu") and device_of(nn.ReLU()) == torch.device("cpu")
+
+
+def test_macs_of_one_conv_by_hand():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    out_pixels = 10 * 12
+    macs, params = count_macs_and_params(conv, (10, 12))
+    assert macs == 8 * 3 * 3 * 3 * out_pixels + 8 * out_pixels  # multiply-adds, plus one add per output for the bias
+    assert params == 8 * 3 * 3 * 3 + 8
+
+
+def test_macs_of_a_strided_grouped_conv_bn_relu_pool_and_linear_by_hand():
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, kernel_size=3, stride=2, padding=1, groups=2, bias=False),  # 16x16 -> 8x8
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    activations = 8 * 8 * 8
+    conv, bn, relu, pool, linear = 8 * (4 // 2) * 3 * 3 * 8 * 8, 2 * activations, activations, activations, 8 * 10 + 10
+    assert count_macs_and_params(model, 16)[0] == conv + bn + relu + pool + linear
+
+
+def test_counting_macs_leaves_the_model_as_it_was():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    before = model[1].running_mean.clone()
+    count_macs_and_params(model, 8)
+    assert model.training
+    assert torch.equal(model[1].running_mean, before)  # counted on an eval-mode copy: BN statistics untouched
+
+
+def test_schema_architectures_and_stems_are_the_registered_ones():
+    from mapex.config import load_schema
+    from mapex.models import STEMS
+
+    model = load_schema()["properties"]["model"]["properties"]
+    assert model["arch"]["enum"] == list(ARCHS)
+    assert model["stem"]["enum"] == list(STEMS)

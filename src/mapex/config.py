@@ -81,11 +81,12 @@ def with_defaults(params: dict[str, Any], schema: dict[str, Any] | None = None) 
 
 def _filled(instance: dict[str, Any], schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     filled = dict(instance)
-    for key, subschema in schema.get("properties", {}).items():
-        if key not in filled and "default" in subschema:
-            filled[key] = copy.deepcopy(subschema["default"])
-        if isinstance(filled.get(key), dict):
-            filled[key] = _filled(filled[key], _resolved(subschema, root), root)
+    for part in (schema, *schema.get("allOf", [])):
+        for key, subschema in _resolved(part, root).get("properties", {}).items():
+            if key not in filled and "default" in subschema:
+                filled[key] = copy.deepcopy(subschema["default"])
+            if isinstance(filled.get(key), dict):
+                filled[key] = _filled(filled[key], _resolved(subschema, root), root)
     return filled
 
 

@@ -1,9 +1,7 @@
 """Metrics of one model: accuracy, parameters, MACs, file size and measured latency.
 
-MACs (multiply-accumulates) are counted by ``torch.utils.flop_counter.FlopCounterMode``, which
-counts 2 FLOPs per multiply-accumulate of convolutions and matrix products (bias additions,
-BatchNorm, activations and pooling are not counted), so MACs = FLOPs / 2. For a conv that is
-``C_out · C_in / groups · k_h · k_w · H_out · W_out`` per image.
+MACs and parameters come from :func:`mapex.models.count_macs_and_params` (Torch-Pruning's
+counter), the one count every table, the pruning report and the latency table use.
 """
 
 from __future__ import annotations
@@ -21,16 +19,13 @@ import torch
 from torch import nn
 from torch.fx.experimental import optimization as fx_optimization
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from mapex.io import UserError
-from mapex.models import eval_mode
+from mapex.models import InputSize, count_macs_and_params, eval_mode, example_input, random_images
 
 if TYPE_CHECKING:
     import onnxruntime
-
-InputSize = int | tuple[int, int]
 
 
 @torch.inference_mode()
@@ -83,18 +78,6 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torc
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
         model.eval()
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def count_macs(model: nn.Module, input_size: InputSize) -> int:
-    """Multiply-accumulates of one forward pass on one image of ``input_size`` (H, W) (see module doc)."""
-    flop_counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), flop_counter:
-        model(example_input(model, 1, input_size))
-    return flop_counter.get_total_flops() // 2
 
 
 def file_size(path: str | os.PathLike) -> int:
@@ -260,7 +243,8 @@ def evaluate_model(
     latency on its :func:`deployed_copy`. ``model`` is left on ``device``.
     """
     metrics: dict[str, Any] = dict(accuracy(model, loader, device, progress))
-    metrics.update(params=count_params(model), macs=count_macs(model, input_size))
+    macs, params = count_macs_and_params(model, input_size)
+    metrics.update(params=params, macs=macs)
     cpu = torch.device("cpu")
     metrics.update(cpu_name=_cpu_name(), cpu_threads=torch.get_num_threads())
     session = ort_session(model, input_size)
@@ -273,22 +257,6 @@ def evaluate_model(
         for batch in latency_batches:
             metrics[f"latency_ms_cuda_b{batch}"] = measure_latency(model, batch, input_size, cuda, reps=latency_reps)
     return metrics
-
-
-def example_input(model: nn.Module, batch: int, input_size: InputSize) -> torch.Tensor:
-    """:func:`random_images` with the model's input channels, dtype and device."""
-    channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
-    parameter = next(model.parameters(), None)
-    if parameter is None:
-        return random_images(batch, channels, input_size)
-    return random_images(batch, channels, input_size, parameter.dtype).to(parameter.device)
-
-
-def random_images(batch: int, channels: int, input_size: InputSize, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Seeded random images on the CPU (a private generator: the global RNG is left alone)."""
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, channels, height, width, generator=generator, dtype=dtype)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -1,7 +1,7 @@
-"""The steps of one run, shared by the CLI stages and the studies: task model, scores, pruning, fitting.
+"""The steps of one run, shared by the stages and the studies: task data and model, scores, pruning, fitting.
 
-Each function takes the validated params and the objects it works on; reading and writing files is
-the CLI's job. A *row* (:class:`mapex.pipeline.Row`) names the criterion, its options and the
+Each function takes the validated params and the objects it works on; writing result files is the
+stages' job (:mod:`mapex.stages`). A *row* (:class:`mapex.pipeline.Row`) names the criterion, its options and the
 ranking scope, so every consumer builds the same criterion for the same row.
 """
 
@@ -22,6 +22,53 @@ from mapex.pipeline import Row
 
 log = logging.getLogger("mapex")
 CHECKPOINT_ROOT = Path("work/checkpoints")
+
+
+def load(params_file: str | Path) -> dict[str, Any]:
+    """The params file, validated against the schema, with the schema's defaults filled in."""
+    from mapex.config import load_params
+
+    return load_params(params_file)
+
+
+def load_task(params: dict[str, Any], data_dir: str | Path, name: str | None = None) -> tuple[str, TaskData]:
+    """The task called ``name`` (the first of ``data.tasks`` when None) and its data."""
+    from mapex.data.task import load_task_data
+    from mapex.pipeline import task_classes, task_names
+
+    name = name or task_names(params)[0]
+    return name, load_task_data(params, data_dir, task_classes(params, name))
+
+
+def load_task_model(params: dict[str, Any], task: TaskData, model_path: str | Path) -> nn.Module:
+    """The baseline at ``model_path``, made under these params, restricted to the task's classes."""
+    from mapex.prune import load_pruned
+
+    model, _ = load_pruned(model_path, expect={**model_identity(params), "stage": "baseline"})
+    return task_model(model, task)
+
+
+def model_identity(params: dict[str, Any]) -> dict[str, Any]:
+    """What every model and scores file made under ``params`` carries in its meta."""
+    from mapex.identity import data_fingerprint
+
+    return {"arch": params["model"]["arch"], "stem": params["model"]["stem"], "data": data_fingerprint(params)}
+
+
+def scores_identity(
+    params: dict[str, Any], baseline: str | Path, task: TaskData, task_name: str, row_name: str, spec: Row
+) -> dict[str, Any]:
+    """What a scores file must carry to be used for a run: the baseline, task and row it was computed for."""
+    from mapex.identity import file_fingerprint
+
+    return {
+        **model_identity(params),
+        "baseline": file_fingerprint(baseline),
+        "num_classes": len(task.task_test.classes),
+        "task": task_name,
+        "criterion": row_name,
+        "options": spec.options,
+    }
 
 
 def input_size(params: dict[str, Any]) -> tuple[int, int]:
@@ -113,8 +160,7 @@ def prune_task_model(
 def train_config(section: dict[str, Any], seed: int):
     from mapex.train import TrainConfig
 
-    keys = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "label_smoothing", "max_steps_per_epoch")
-    return TrainConfig(**{k: section[k] for k in keys}, seed=seed)
+    return TrainConfig(**{**section, "seed": seed})  # the schema's fit keys are TrainConfig's fields
 
 
 def fit_model(

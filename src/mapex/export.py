@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mapex.evaluate import InputSize, example_input
 from mapex.io import UserError, atomic_path
-from mapex.models import eval_mode
+from mapex.models import InputSize, eval_mode, example_input
 
 OPSET = 18
 INPUT_NAME = "images"

@@ -234,6 +234,39 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
+InputSize = int | tuple[int, int]
+
+
+def count_macs_and_params(model: nn.Module, input_size: InputSize) -> tuple[int, int]:
+    """(MACs of one forward pass on one image of ``input_size``, parameters): the one count of the project.
+
+    Torch-Pruning's counter (``tp.utils.count_ops_and_params``, run on a deep copy in eval mode)
+    counts a conv's ``C_out · C_in / groups · k_h · k_w · H_out · W_out`` multiply-adds plus its
+    bias, a linear layer's, and one operation per element for activations and pooling, two for
+    BatchNorm. Every table, the pruning report and the latency table use this number.
+    """
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, example_input(model, 1, input_size))
+    return int(macs), int(params)
+
+
+def example_input(model: nn.Module, batch: int, input_size: InputSize) -> torch.Tensor:
+    """:func:`random_images` with the model's input channels, dtype and device."""
+    channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return random_images(batch, channels, input_size)
+    return random_images(batch, channels, input_size, parameter.dtype).to(parameter.device)
+
+
+def random_images(batch: int, channels: int, input_size: InputSize, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Seeded random images on the CPU (a private generator: the global RNG is left alone)."""
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, channels, height, width, generator=generator, dtype=dtype)
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's parameters live (the CPU for a model without any)."""
     parameter = next(model.parameters(), None)

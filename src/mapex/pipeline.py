@@ -18,6 +18,7 @@ from typing import Any
 UNPRUNED = "none"
 FOCUS = "map-ex"
 MAP_EX_FAMILY = ("map-ex", "map")
+"""Base criteria that are Map-EX or its ablation: never a candidate for the best baseline."""
 VARIANT_KEYS = ("criterion", "global", "scratch")
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from mapex import io
 from mapex.criteria import Criterion, is_conv_out_pruning
 from mapex.identity import load_checked
-from mapex.models import STEMS, build_model, classifier_name, conv_layers, device_of, eval_mode
+from mapex.models import STEMS, build_model, classifier_name, conv_layers, count_macs_and_params, device_of, eval_mode
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ def prune_model(
     ignored = [module for name in exempt for module in _module_named(model, name).modules()]
     importance.bind(model)
     filters_before = _filter_counts(model)
-    macs_before, params_before = count_macs_and_params(model, example_input)
+    macs_before, params_before = count_macs_and_params(model, tuple(example_input.shape[-2:]))
 
     pruned: dict[str, list[int]] = {}
     with eval_mode(model), torch.enable_grad():  # Torch-Pruning traces through autograd
@@ -117,7 +117,7 @@ def prune_model(
             pruned.update(_pruned_conv_filters(group, names))
             group.prune()
 
-    macs_after, params_after = count_macs_and_params(model, example_input)
+    macs_after, params_after = count_macs_and_params(model, tuple(example_input.shape[-2:]))
     return PruneReport(
         criterion=importance.name,
         ratio=ratio,
@@ -402,13 +402,6 @@ def _pruned_conv_filters(group: tp.Group, names: dict[nn.Module, str]) -> dict[s
 
 def _filter_counts(model: nn.Module) -> dict[str, int]:
     return {name: conv.out_channels for name, conv in conv_layers(model)}
-
-
-def count_macs_and_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
-    """(MACs per image, parameters). Torch-Pruning counts a conv's multiply-adds plus bias, BN,
-    activation and pooling element operations; it runs a deep copy in eval mode."""
-    macs, params = tp.utils.count_ops_and_params(model, example_input)
-    return int(macs), int(params)
 
 
 def _module_named(model: nn.Module, name: str) -> nn.Module:

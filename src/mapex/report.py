@@ -34,18 +34,13 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mapex.io import UserError, atomic_path, read_json, write_json, write_text  # noqa: E402
+from mapex.pipeline import FOCUS, MAP_EX_FAMILY, UNPRUNED  # noqa: E402
 from mapex.uncertainty import LEVEL, N_RESAMPLES, RNG_SEED, bootstrap_interval  # noqa: E402
 
-REFERENCE = "none"
-"""Row name of the unpruned, fine-tuned model (ratio 0)."""
-OURS = "map-ex"
-"""Default focus row: drawn first and highlighted, compared with the best baseline."""
 RANDOM = "random"
 """Row every other row is compared with at the same task and ratio."""
 POOLED = "pooled"
 """Task name of the equal-weight average over tasks."""
-MAP_EX_FAMILY = frozenset({"map-ex", "map"})
-"""Base criteria that are Map-EX or its ablation: never a candidate for the best baseline."""
 
 _CI = f"{LEVEL:.0%} CI"
 _BOOTSTRAP_NOTE = (
@@ -208,10 +203,10 @@ def _check_same_test_images(runs: pd.DataFrame) -> None:
                 )
 
 
-def criterion_order(names: Iterable[str], focus: str = OURS) -> list[str]:
+def criterion_order(names: Iterable[str], focus: str = FOCUS) -> list[str]:
     """Unique names: "none" first, then ``focus``, then the rest alphabetically."""
     unique = set(names)
-    return [n for n in (REFERENCE, focus) if n in unique] + sorted(unique - {REFERENCE, focus})
+    return [n for n in (UNPRUNED, focus) if n in unique] + sorted(unique - {UNPRUNED, focus})
 
 
 def task_order(tasks: Iterable[str]) -> list[str]:
@@ -237,7 +232,7 @@ def _correct_matrix(runs: pd.DataFrame, seeds: Sequence[int]) -> np.ndarray:
 
 
 def summary_table(
-    runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
+    runs: pd.DataFrame, focus: str = FOCUS, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
 ) -> pd.DataFrame:
     """Per task and pooled, per row and ratio: test top-1 with its interval and the size metrics.
 
@@ -276,14 +271,14 @@ def _task_weighted_means(runs: pd.DataFrame) -> dict[str, float]:
     return {f"{m.key}_mean": float(per_task[m.source]) * m.scale for m in _SUMMARY_METRICS}
 
 
-def _sort_rows(table: pd.DataFrame, focus: str = OURS) -> pd.DataFrame:
+def _sort_rows(table: pd.DataFrame, focus: str = FOCUS) -> pd.DataFrame:
     """Tasks in :func:`task_order`; in each, the reference first, then by ratio and row order."""
     row_rank = {name: i for i, name in enumerate(criterion_order(table["criterion"], focus))}
     task_rank = {name: i for i, name in enumerate(task_order(table["task"]))}
     key = pd.DataFrame(
         {
             "task": table["task"].map(task_rank),
-            "not_reference": table["criterion"] != REFERENCE,
+            "not_reference": table["criterion"] != UNPRUNED,
             "ratio": table["ratio"],
             "rank": table["criterion"].map(row_rank),
         }
@@ -367,7 +362,7 @@ def _key_values(mapping: Mapping) -> list[str]:
 
 
 def comparisons_table(
-    runs: pd.DataFrame, focus: str = OURS, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
+    runs: pd.DataFrame, focus: str = FOCUS, n_resamples: int = N_RESAMPLES, seed: int = RNG_SEED
 ) -> pd.DataFrame:
     """Paired differences in test top-1, per task and pooled, per ratio, with their intervals.
 
@@ -425,7 +420,7 @@ def comparisons_table(
 def _comparison_pairs(runs: pd.DataFrame, focus: str) -> list[dict]:
     """One dict per (task, ratio, comparison): the rows compared and the paired difference matrix."""
     pairs = []
-    for (task, ratio), cell in runs[runs["criterion"] != REFERENCE].groupby(["task", "ratio"]):
+    for (task, ratio), cell in runs[runs["criterion"] != UNPRUNED].groupby(["task", "ratio"]):
         names = set(cell["criterion"])
         best = best_baseline(cell, focus)
         if focus in names and best is not None:
@@ -438,12 +433,12 @@ def _comparison_pairs(runs: pd.DataFrame, focus: str) -> list[dict]:
     return pairs
 
 
-def best_baseline(cell: pd.DataFrame, focus: str = OURS) -> str | None:
+def best_baseline(cell: pd.DataFrame, focus: str = FOCUS) -> str | None:
     """Of one task and ratio's runs, the non-Map-EX row with the best mean validation top-1."""
     candidates = cell[
-        ~cell["base_criterion"].isin(MAP_EX_FAMILY | {REFERENCE})
+        ~cell["base_criterion"].isin({*MAP_EX_FAMILY, UNPRUNED})
         & (cell["criterion"] != focus)
-        & (cell["criterion"] != REFERENCE)
+        & (cell["criterion"] != UNPRUNED)
     ]
     if candidates.empty:
         return None
@@ -724,14 +719,14 @@ def latency_markdown(table: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- shared look
 
 
-def _styles(names: Iterable[str], focus: str = OURS) -> dict[str, dict]:
+def _styles(names: Iterable[str], focus: str = FOCUS) -> dict[str, dict]:
     """Line style per series: the focus row thick and red, "none" black, the rest from a fixed palette."""
     styles: dict[str, dict] = {}
     others = 0
     for name in criterion_order(names, focus):
         if name == focus:
             styles[name] = dict(color=_OURS_COLOUR, marker="o", linewidth=2.8, markersize=7, zorder=5)
-        elif name == REFERENCE:
+        elif name == UNPRUNED:
             styles[name] = dict(color="black", marker="*", linewidth=1.5, markersize=9, zorder=4)
         else:
             styles[name] = dict(
@@ -786,7 +781,7 @@ def _errorbar_series(
 
 
 def _label(name: str) -> str:
-    return f"unpruned ({REFERENCE})" if name == REFERENCE else name
+    return f"unpruned ({UNPRUNED})" if name == UNPRUNED else name
 
 
 def _decorate(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, legend: bool = True) -> None:
@@ -816,7 +811,7 @@ def _panel_title(task: str, n_tasks: int) -> str:
 # ----------------------------------------------------------------------------- run figures
 
 
-def plot_accuracy_vs_ratio(summary: pd.DataFrame, out_stem: Path, focus: str = OURS) -> None:
+def plot_accuracy_vs_ratio(summary: pd.DataFrame, out_stem: Path, focus: str = FOCUS) -> None:
     """Test top-1 against the pruning ratio with 95 % CI bars, one panel per task and one pooled.
 
     ``summary`` is :func:`summary_table`'s output; the unpruned model is a dashed line with its
@@ -827,13 +822,13 @@ def plot_accuracy_vs_ratio(summary: pd.DataFrame, out_stem: Path, focus: str = O
     fig, axes = plt.subplots(1, len(scopes), figsize=(4.2 * len(scopes) + 2.5, 4.5), sharey=True, squeeze=False)
     for ax, task in zip(axes[0], scopes):
         part = summary[summary["task"] == task]
-        reference = part[part["criterion"] == REFERENCE]
+        reference = part[part["criterion"] == UNPRUNED]
         if not reference.empty:
             ref = reference.iloc[0]
             ax.axhspan(ref["top1_pct_low"], ref["top1_pct_high"], color="black", alpha=0.08, linewidth=0)
-            ax.axhline(ref["top1_pct_mean"], color="black", linestyle="--", linewidth=1.2, label=_label(REFERENCE))
-        pruned = part[part["criterion"] != REFERENCE]
-        _errorbar_series(ax, pruned, "ratio", "top1_pct", {k: v for k, v in styles.items() if k != REFERENCE})
+            ax.axhline(ref["top1_pct_mean"], color="black", linestyle="--", linewidth=1.2, label=_label(UNPRUNED))
+        pruned = part[part["criterion"] != UNPRUNED]
+        _errorbar_series(ax, pruned, "ratio", "top1_pct", {k: v for k, v in styles.items() if k != UNPRUNED})
         ax.set_xticks(sorted(pruned["ratio"].unique()))
         _decorate(
             ax,
@@ -846,7 +841,7 @@ def plot_accuracy_vs_ratio(summary: pd.DataFrame, out_stem: Path, focus: str = O
     _save(fig, out_stem)
 
 
-def plot_accuracy_vs_macs(summary: pd.DataFrame, out_stem: Path, focus: str = OURS) -> None:
+def plot_accuracy_vs_macs(summary: pd.DataFrame, out_stem: Path, focus: str = FOCUS) -> None:
     """Pooled test top-1 (95 % CI) against the remaining MACs (± std); the unpruned model as a star."""
     pooled = summary[summary["task"] == POOLED]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -860,13 +855,13 @@ def plot_accuracy_vs_macs(summary: pd.DataFrame, out_stem: Path, focus: str = OU
     _save(fig, out_stem)
 
 
-def plot_filters_per_layer(runs: pd.DataFrame, out_stem: Path, ratio: float | None = None, focus: str = OURS) -> None:
+def plot_filters_per_layer(runs: pd.DataFrame, out_stem: Path, ratio: float | None = None, focus: str = FOCUS) -> None:
     """Filters kept per conv layer by each row at ``ratio`` (default: the middle pruned ratio).
 
     Mean ± std over tasks and seeds. Layers are in the order of the first run's
     ``filters_before``; the unpruned widths are drawn as grey bars behind the lines.
     """
-    pruned = runs[runs["criterion"] != REFERENCE]
+    pruned = runs[runs["criterion"] != UNPRUNED]
     if pruned.empty:
         raise UserError("no pruned runs to draw filters per layer from")
     ratios = sorted(pruned["ratio"].unique())
@@ -910,7 +905,7 @@ def _filters_stats(runs: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
     return stats.add_prefix("filters_").reset_index()
 
 
-def plot_paired_differences(comparisons: pd.DataFrame, out_stem: Path, focus: str = OURS) -> None:
+def plot_paired_differences(comparisons: pd.DataFrame, out_stem: Path, focus: str = FOCUS) -> None:
     """Forest plot of :func:`comparisons_table`: one panel per task and pooled, a zero line, 95 % CIs.
 
     Filled markers: the interval excludes 0; open markers: it does not.
@@ -946,7 +941,7 @@ def plot_paired_differences(comparisons: pd.DataFrame, out_stem: Path, focus: st
     _save(fig, out_stem)
 
 
-def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -> None:
+def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = FOCUS) -> None:
     """Top, bottom and the random draws' spread per criterion; rows: pooled then tasks, columns: ratios."""
     scopes = _pooled_first(sanity["task"])
     ratios = sorted(sanity["ratio"].unique())
@@ -985,7 +980,7 @@ def plot_sanity_check(sanity: pd.DataFrame, out_stem: Path, focus: str = OURS) -
     _save(fig, out_stem)
 
 
-def plot_layer_sensitivity(csv_paths: Sequence[Path], out_stem: Path, focus: str = OURS) -> None:
+def plot_layer_sensitivity(csv_paths: Sequence[Path], out_stem: Path, focus: str = FOCUS) -> None:
     """Heatmap layers × criteria of the drop in validation top-1 (points), mean over tasks.
 
     ``csv_paths`` (one per task) have columns ``task, criterion, layer, channels, val_top1, drop``
@@ -1196,7 +1191,7 @@ def metrics_for_dvc(summary: pd.DataFrame, comparisons: pd.DataFrame) -> dict[st
 def build_report(
     run_paths: Iterable[Path],
     out_dir: Path,
-    focus_row: str = OURS,
+    focus_row: str = FOCUS,
     sanity_csvs: Sequence[Path] = (),
     sensitivity_csvs: Sequence[Path] = (),
     latency_csv: Path | None = None,
@@ -1263,5 +1258,5 @@ def _write_table(table: pd.DataFrame, markdown: str, stem: Path) -> list[Path]:
 
 
 def _unpruned_macs(runs: pd.DataFrame) -> float | None:
-    reference = runs.loc[runs["criterion"] == REFERENCE, "macs"]
+    reference = runs.loc[runs["criterion"] == UNPRUNED, "macs"]
     return float(reference.mean()) if len(reference) else None

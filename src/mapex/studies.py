@@ -62,6 +62,25 @@ class _Evaluator:
         return self.accuracy(pruned), report.filters_after
 
 
+def scored_study(
+    params_file: str | Path, data_dir: str | Path, model_path: str | Path, task_name: str | None, section: str, study
+) -> pd.DataFrame:
+    """``study`` over the rows of ``params[section]``, each scored on the first seed's N samples per class."""
+    from mapex.data import balanced_subset
+
+    params = experiment.load(params_file)
+    task_name, task = experiment.load_task(params, data_dir, task_name)
+    model = experiment.load_task_model(params, task, model_path)
+    on = experiment.device(params)
+    seed = params["seeds"][0]
+    samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
+    scores = {
+        name: experiment.compute_scores(params, model, row(params, name), samples, seed, on)
+        for name in params[section]["criteria"]
+    }
+    return study(params, model, task, task_name, scores, on)
+
+
 def negated(scores: Scores) -> Scores:
     """Scores whose ranking is reversed: pruning by them keeps the bottom-scored filters."""
     return {name: -value for name, value in scores.items()}
@@ -205,6 +224,36 @@ def samples_study(
     return pd.DataFrame.from_records(records)
 
 
+def response_map_arrays(params: dict[str, Any], task: TaskData, model: nn.Module) -> dict[str, Any]:
+    """The response-maps figure's data: a batch of test images (RGB in [0, 1]) with their boxes
+    (rows ``image, x0, y0, x1, y1``) and titles, and the mean responses of the top- and bottom-scored
+    filters of the focus row (:data:`mapex.pipeline.FOCUS`) at two layers, a third and two thirds deep."""
+    import numpy as np
+
+    from mapex.data import balanced_subset
+    from mapex.data.transforms import unnormalise
+    from mapex.pipeline import FOCUS
+    from mapex.statistics import response_maps
+
+    seed = params["seeds"][0]
+    samples = balanced_subset(task.task_train, params["statistics"]["samples_per_class"], seed)
+    scores = experiment.compute_scores(params, model, row(params, FOCUS), samples, seed, experiment.device(params))
+    names = list(scores)
+    layers = list(dict.fromkeys([names[len(names) // 3], names[(2 * len(names)) // 3]]))
+    loader = experiment.loader(params, task.task_test, False, params["response_maps"]["images"], 0)
+    images, labels, boxes = next(iter(loader))
+    maps, titles = response_maps(model, images, scores, layers)
+    box_rows = [[i, *box.tolist()] for i, image_boxes in enumerate(boxes) for box in image_boxes]
+    test = task.task_test
+    return {
+        "images": unnormalise(images).numpy(),
+        "boxes": np.asarray(box_rows, dtype=np.float32).reshape(-1, 5),
+        "maps": maps.numpy(),
+        "panel_titles": np.asarray(titles),
+        "image_titles": np.asarray([test.names.get(test.classes[int(y)], test.classes[int(y)]) for y in labels]),
+    }
+
+
 def shape_key(filters_after: dict[str, int]) -> str:
     """A short id of a pruned architecture: equal for models whose every conv keeps the same count."""
     import hashlib
@@ -233,7 +282,8 @@ def latency_by_shape(
     exported to ``onnx_dir/<run>.onnx`` and timed under ONNX Runtime the same way (the other
     shapes, e.g. global ranking's per-seed ones, are not: each export costs seconds).
     """
-    from mapex.evaluate import count_macs, interleaved_latency
+    from mapex.evaluate import interleaved_latency
+    from mapex.models import count_macs_and_params
 
     runs = list(runs)
     shapes: dict[tuple[float, str], list[dict[str, Any]]] = {}
@@ -241,7 +291,7 @@ def latency_by_shape(
         if run["criterion"] != "none":
             shapes.setdefault((run["ratio"], shape_key(run["filters_after"])), []).append(run)
     size = experiment.input_size(params)
-    reference_macs = count_macs(reference, size)
+    reference_macs, _ = count_macs_and_params(reference, size)
     exported = _representatives(runs) if onnx_dir is not None else set()
     reference_session = _session(reference, onnx_dir / "unpruned.onnx", size) if exported else None
     records = []

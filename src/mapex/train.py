@@ -50,8 +50,8 @@ StateDict = dict[str, Tensor]
 class TrainConfig:
     """Hyperparameters of one fit. The defaults are params.yaml's Tiny-ImageNet-20 ResNet-18 baseline.
 
-    ``schedule``: ``onecycle`` (warm-up then annealing; from scratch) or ``cosine`` (annealing from
-    ``lr`` to 0, no warm-up; fine-tuning). Both step once per batch.
+    ``schedule``: ``onecycle`` (warm-up then annealing) or ``cosine`` (annealing from ``lr`` to 0, no
+    warm-up), each a ``train.schedule`` / ``finetune.schedule`` param. Both step once per batch.
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
     """
 

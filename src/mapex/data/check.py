@@ -1,6 +1,6 @@
 """``mapex data check``: what a dataset holds and what is wrong with it, before any training.
 
-The check reads the dataset with the same readers as training does (:mod:`mapex.data.formats`),
+The check reads the dataset with the same readers as training does (:mod:`mapex.data.registry`),
 but with a :class:`~mapex.data.formats.ProblemLog` that records every problem instead of stopping
 at the first one; the report says which of them the policy makes errors.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from mapex.data.formats import ProblemLog, ProblemPolicy, read_formatted, validate_index
-from mapex.data.tiny_imagenet import read_tiny_imagenet
+from mapex.data.formats import ProblemLog, ProblemPolicy
+from mapex.data.registry import get_format
 from mapex.data.types import BoxIndex
 
 Stats = dict[str, float | None]
@@ -74,25 +74,12 @@ class CheckReport:
 def check_dataset(root: Path, format: str, policy: ProblemPolicy | None = None, **reader_kwargs: Any) -> CheckReport:
     """Read all of ``root`` (every split) recording every problem; ``reader_kwargs`` go to the reader.
 
-    For ``tiny-imagenet``, train and val are read by its own reader (which raises on a broken
-    layout) and then given the per-image checks of the other formats.
+    ``format`` is a name in :data:`mapex.data.registry.FORMATS`.
     """
     root = Path(root)
     log = ProblemLog(policy or ProblemPolicy(), raise_errors=False)
-    if format == "tiny-imagenet":
-        index = _checked_tiny_imagenet(root, log, **reader_kwargs)
-    else:
-        index = read_formatted(root, format, "all", problems=log, **reader_kwargs)
+    index = get_format(format).read_all(root, log, **reader_kwargs)
     return _report(root, format, index, log)
-
-
-def _checked_tiny_imagenet(root: Path, log: ProblemLog, **reader_kwargs: Any) -> BoxIndex:
-    if not root.is_dir():
-        log.report("missing-dataset", root, "no such folder")
-        return BoxIndex(classes=[], samples=[])
-    train, val = read_tiny_imagenet(root, "train"), read_tiny_imagenet(root, "val")
-    both = BoxIndex(classes=train.classes, samples=train.samples + val.samples, names=train.names)
-    return validate_index(both, log, **reader_kwargs)
 
 
 def _report(root: Path, format: str, index: BoxIndex, log: ProblemLog) -> CheckReport:

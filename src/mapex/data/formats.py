@@ -52,7 +52,6 @@ DEFAULT_ACTIONS: dict[str, str] = {
 """Every problem kind, with its default action."""
 
 ACTIONS = ("error", "skip")
-FORMATS = ("voc", "coco", "yolo", "csv")
 SPLITS = ("train", "test", "all")
 LABEL_RULES = ("largest", "agree")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -189,7 +188,7 @@ def read_formatted(
     if not root.is_dir():
         log.report("missing-dataset", root, "no such folder")
         return BoxIndex(classes=[], samples=[])
-    raw = _READERS[format](root, log)
+    raw = PARSERS[format](root, log)
     classes = raw.classes if raw.classes is not None else _found_classes(raw.images)
     tagged = _checked_samples(raw.images, classes, label_rule, log)
     return _split_of(tagged, classes, split, test_fraction, seed)
@@ -206,7 +205,11 @@ def validate_index(index: BoxIndex, problems: ProblemLog, label_rule: str = "lar
 
 
 def _check_arguments(format: str, split: str, label_rule: str, test_fraction: float) -> None:
-    choices = (("data.format", format, FORMATS), ("split", split, SPLITS), ("data.label_rule", label_rule, LABEL_RULES))
+    choices = (
+        ("data.format", format, tuple(PARSERS)),
+        ("split", split, SPLITS),
+        ("data.label_rule", label_rule, LABEL_RULES),
+    )
     for key, value, allowed in choices:
         if value not in allowed:
             raise UserError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
@@ -730,9 +733,10 @@ def _csv_boxes(
     return boxes, broken
 
 
-_READERS: dict[str, Callable[[Path, ProblemLog], RawDataset]] = {
+PARSERS: dict[str, Callable[[Path, ProblemLog], RawDataset]] = {
     "voc": _read_voc,
     "coco": _read_coco,
     "yolo": _read_yolo,
     "csv": _read_csv,
 }
+"""The formats :func:`read_formatted` reads, each by its layout parser (``mapex.data.registry`` lists every format)."""

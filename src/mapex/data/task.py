@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapex.data.formats import ProblemLog, ProblemPolicy, read_formatted
+from mapex.data.formats import ProblemLog, ProblemPolicy
+from mapex.data.registry import get_format
 from mapex.data.splits import balanced_subset, select_classes, stratified_split
-from mapex.data.tiny_imagenet import read_tiny_imagenet
 from mapex.data.types import BoxIndex
 from mapex.io import UserError
 
@@ -47,8 +47,14 @@ def load_task_data(params: dict[str, Any], data_dir: str | Path, task_classes: l
     dp = params["data"]
     seed = params["train"]["seed"]
     problems = ProblemLog(policy=ProblemPolicy.from_dict(dp["problems"]))
-    train_all = _capped(_read_split(root, dp, "train", problems), dp["max_per_class"], seed)
-    test = _capped(_read_split(root, dp, _test_split_name(dp["format"]), problems), dp["max_test_per_class"], seed)
+    fmt = get_format(dp["format"])
+    if dp["problems"] and not fmt.checks_problems:
+        raise UserError(
+            f"data.problems: the {dp['format']} reader checks the layout, not each image; remove the key "
+            f"(`mapex data check --format {dp['format']}` lists per-image problems)"
+        )
+    train_all = _capped(fmt.read(root, "train", problems, dp["label_rule"]), dp["max_per_class"], seed)
+    test = _capped(fmt.read(root, fmt.test_split, problems, dp["label_rule"]), dp["max_test_per_class"], seed)
     source_train, source_val = stratified_split(train_all, dp["val_fraction"], seed)
     classes = task_classes if task_classes is not None else dp["tasks"][0]["classes"]
     data = TaskData(
@@ -72,17 +78,6 @@ def _check_not_empty(data: TaskData, root: Path) -> None:
                 f"{root}: the {split.replace('_', ' ')} split has no image "
                 "(check data.val_fraction, data.max_per_class and the dataset's splits)"
             )
-
-
-def _test_split_name(fmt: str) -> str:
-    return "val" if fmt == "tiny-imagenet" else "test"
-
-
-def _read_split(root: Path, data_params: dict[str, Any], split: str, problems: ProblemLog) -> BoxIndex:
-    """One split of the dataset; problems the policy skips are recorded in ``problems``."""
-    if data_params["format"] == "tiny-imagenet":
-        return read_tiny_imagenet(root, split)
-    return read_formatted(root, data_params["format"], split, problems=problems, label_rule=data_params["label_rule"])
 
 
 def _skipped_per_kind(problems: ProblemLog) -> dict[str, int]:

@@ -103,6 +103,13 @@ class BatchTransform:
         return keep_visible_boxes(moved, owners, len(boxes), self.size, self.size)
 
 
+def unnormalise(images: Tensor) -> Tensor:
+    """Normalised images ``[B,3,H,W]`` back to RGB in [0, 1], for display."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
 def train_transform(size: int) -> BatchTransform:
     """Random crop with zero padding of ``size // 16`` (4 px at 64 px, as in the plain reference loop of
     ``benchmarks/bench_train.py``), random horizontal flip, normalisation."""
