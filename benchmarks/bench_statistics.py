@@ -121,6 +121,9 @@ def main() -> None:
         f"against {args.baseline}, {args.device}, {torch.get_num_threads()} threads"
     )
     print_table(rows, *BASELINE_COLUMNS[args.baseline])
+    images = sum(len(b[0]) for b in batches)
+    baseline_s, scores_s = (stats.median(row[part][0] for row in rows) for part in (0, 1))
+    print(f"images per second (median): {args.baseline} {images / baseline_s:,.0f}, scores {images / scores_s:,.0f}")
 
 
 BASELINE_COLUMNS = {"forward": ("forward s", "fwd cpu s"), "theoretical": ("theor. s", "thr cpu s")}

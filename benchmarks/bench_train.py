@@ -220,6 +220,7 @@ def summarise(times: dict[str, list[Timing]], batch_size: int) -> None:
         f"plain loop, one {EPOCH_IMAGES:,}-image epoch: {plain[0] * EPOCH_IMAGES / batch_size:.1f} s "
         f"({EPOCH_IMAGES / batch_size:.1f} steps of {plain[0]:.4f} s)"
     )
+    print(f"images per second: project {batch_size / project[0]:,.0f}, plain {batch_size / plain[0]:,.0f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from mapex.criteria import CRITERIA, Criterion, criterion_options, get_criterion
+from mapex.criteria import CRITERIA, Criterion, criterion_from_params, criterion_options, get_criterion
 from mapex.io import UserError
 
 SIZE = (16, 16)
@@ -94,6 +94,18 @@ def test_options_a_criterion_does_not_take_are_user_errors() -> None:
     assert get_criterion("random", seed=7).seed == 7 and get_criterion("map", score="fg").score == "fg"
     with pytest.raises(UserError, match="'l1' has no option seed; it takes scores"):
         get_criterion("l1", seed=1)
+
+
+def test_each_criterion_takes_from_the_params_what_it_needs() -> None:
+    """A row gives its options and the run's seed; only ``random`` draws from the seed."""
+    assert criterion_from_params("random", {}, seed=7).seed == 7
+    chosen = criterion_from_params("map-ex", {"score": "fg", "tap": "consumed", "field": "effective"}, seed=7)
+    assert (chosen.score, chosen.field) == ("fg", "effective")
+    assert isinstance(
+        criterion_from_params("l1", {}, seed=7), CRITERIA["l1"]
+    )  # no seed for a criterion that draws nothing
+    with pytest.raises(UserError, match="'l1' has no option score"):
+        criterion_from_params("l1", {"score": "fg"}, seed=7)
 
 
 @pytest.mark.parametrize("name", sorted(CRITERIA))

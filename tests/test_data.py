@@ -297,8 +297,8 @@ def test_a_registered_format_reads_a_split_and_refuses_an_unknown_name(tiny_layo
     index = tiny.read(tiny_layout, "train", ProblemLog(ProblemPolicy()), "largest")
     assert len(index) == 6 and tiny.test_split == "val"
     assert get_format("coco").test_split == "test"
-    with pytest.raises(UserError, match="unknown dataset format 'imagenet'; expected one of tiny-imagenet, voc, coco"):
-        get_format("imagenet")
+    with pytest.raises(UserError, match="unknown dataset format 'kitti'; expected one of tiny-imagenet, voc, coco"):
+        get_format("kitti")
 
 
 # ---------------------------------------------------------------- splits

@@ -1,4 +1,4 @@
-"""Readers of users' datasets (VOC, COCO, YOLO, CSV), their problem handling, and ``check_dataset``.
+"""Readers of users' datasets (VOC, COCO, YOLO, CSV, ImageNet), their problem handling, and ``check_dataset``.
 
 Every dataset is built here in ``tmp_path`` from tiny noise JPEGs (distinct bytes per path, so only
 the duplicate tests have duplicates).
@@ -125,6 +125,48 @@ def test_voc_boxes_become_half_open_and_split_files_are_used(tmp_path: Path) -> 
         "c.jpg": ("dog", ((2.0, 2.0, 20.0, 20.0), (20.0, 20.0, 24.0, 24.0))),  # largest box is a dog: all dog boxes
     }
     assert by_name(test) == {"d.jpg": ("cat", ((1.0, 1.0, 30.0, 30.0),))}
+
+
+def make_imagenet(root: Path) -> Path:
+    """A fake ILSVRC tree: two wnids, train images in class folders (one without a box file), a flat val."""
+    train = {"n01": ["n01_1", "n01_2", "n01_3"], "n02": ["n02_1", "n02_2", "n02_3"]}
+    for wnid, stems in train.items():
+        for stem in stems:
+            write_image(root / "train" / wnid / f"{stem}.JPEG")
+            if stem != "n02_3":  # ILSVRC has boxes for part of train only
+                xml = root / "boxes" / "train" / wnid / f"{stem}.xml"
+                xml.parent.mkdir(parents=True, exist_ok=True)
+                xml.write_text(voc_xml(stem, [(wnid, 3, 4, 20, 24)]))
+    for stem, wnid in (("ILSVRC2012_val_00000001", "n02"), ("ILSVRC2012_val_00000002", "n01")):
+        write_image(root / "val" / f"{stem}.JPEG")
+        xml = root / "boxes" / "val" / f"{stem}.xml"
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        xml.write_text(voc_xml(stem, [(wnid, 1, 1, 32, 32), (wnid, 5, 5, 8, 8)]))
+    return root
+
+
+def test_imagenet_reads_the_boxed_images_train_and_val_as_test(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path / "imagenet")
+    train = read_formatted(root, "imagenet", "train")
+    test = read_formatted(root, "imagenet", "test")
+    assert train.classes == test.classes == ["n01", "n02"]
+    assert by_name(train) == {
+        f"{stem}.JPEG": (stem[:3], ((2.0, 3.0, 20.0, 24.0),)) for stem in ("n01_1", "n01_2", "n01_3", "n02_1", "n02_2")
+    }  # n02_3 has no box file: left out
+    assert by_name(test) == {
+        "ILSVRC2012_val_00000001.JPEG": ("n02", ((0.0, 0.0, 32.0, 32.0), (4.0, 4.0, 8.0, 8.0))),
+        "ILSVRC2012_val_00000002.JPEG": ("n01", ((0.0, 0.0, 32.0, 32.0), (4.0, 4.0, 8.0, 8.0))),
+    }
+
+
+def test_imagenet_without_box_files_and_with_a_missing_image_is_named(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="boxes: missing-annotation"):
+        read_formatted(tmp_path, "imagenet", "train")
+    root = make_imagenet(tmp_path / "imagenet")
+    (root / "train" / "n01" / "n01_2.JPEG").unlink()
+    report = check_dataset(root, "imagenet")
+    assert [(kind, file) for kind, file, _ in report.problems] == [("missing-image", "train/n01/n01_2.JPEG")]
+    assert report.images_per_class == {"n01": 3, "n02": 3}
 
 
 def test_without_split_files_the_holdout_is_stratified_seeded_and_disjoint(tmp_path: Path) -> None:
@@ -438,3 +480,48 @@ def test_check_dataset_reads_tiny_imagenet_train_and_val(tmp_path: Path) -> None
     assert report.images_per_class == {"n01": 1, "n02": 2}
     assert report.box_area_fraction["max"] == 1.0
     assert [(kind, file) for kind, file, _ in report.problems] == [("box-outside-image", "val/images/val_0.jpg")]
+
+
+def test_the_imagenet_config_fetches_checks_and_splits_a_fake_ilsvrc_tree(tmp_path: Path) -> None:
+    import hashlib
+    import tarfile
+
+    import yaml
+
+    from mapex.cli import main
+    from mapex.config import load_params
+    from mapex.data.task import load_task_data
+
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "config/imagenet.yaml").read_text())
+    wnids = sorted({wnid for task in params["data"]["tasks"] for wnid in task["classes"]})
+    tree = tmp_path / "imagenet-fake"
+    for wnid in wnids:
+        for k in range(12):
+            write_image(tree / "train" / wnid / f"{wnid}_{k}.JPEG")
+            (tree / "boxes" / "train" / wnid).mkdir(parents=True, exist_ok=True)
+            (tree / "boxes" / "train" / wnid / f"{wnid}_{k}.xml").write_text(
+                voc_xml(f"{wnid}_{k}", [(wnid, 2, 2, 30, 30)])
+            )
+        for k in range(3):
+            stem = f"ILSVRC2012_val_{wnid}{k}"
+            write_image(tree / "val" / f"{stem}.JPEG")
+            (tree / "boxes" / "val").mkdir(parents=True, exist_ok=True)
+            (tree / "boxes" / "val" / f"{stem}.xml").write_text(voc_xml(stem, [(wnid, 1, 1, 16, 16)]))
+    archive = tmp_path / "imagenet-fake.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tree, arcname=tree.name)
+    params["data"].update(source=str(archive), sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
+    config = tmp_path / "imagenet.yaml"
+    config.write_text(yaml.safe_dump(params))
+    data = tmp_path / "work" / "data" / params["data"]["name"]
+
+    assert main(["fetch", "--params", str(config), "--out", str(data)]) == 0
+    assert main(["data", "check", str(data), "--format", "imagenet"]) == 0
+    loaded = load_params(config)
+    assert loaded["train"]["nproc"] == 8 and loaded["model"]["pretrained"] and loaded["data"]["image_size"] == 224
+    task = load_task_data(loaded, data, loaded["data"]["tasks"][1]["classes"])
+    assert task.source_classes == wnids
+    assert task.task_test.classes == loaded["data"]["tasks"][1]["classes"]
+    assert len(task.task_test) == 5 * 3 and {s.image.parent.name for s in task.task_test.samples} == {"val"}
+    assert len(task.task_train) + len(task.task_val) == 5 * 12

@@ -172,3 +172,13 @@ def test_slurm_profile_sends_gpu_rules_to_the_gpu_partition_with_their_threads()
             assert int(job["threads"]) == 8, job
         else:
             assert resources["slurm_partition"] == "cpu" and "gpu" not in resources, job
+
+
+def test_slurm_profile_gives_the_baseline_and_the_runs_their_nproc_gpus(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["nproc"], params["finetune"]["nproc"] = 8, 2
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(params))
+    jobs = _dry_run_jobs("--workflow-profile", "workflow/profiles/slurm", "--configfile", str(config))
+    gpus = {job["rule"]: dict(item.split("=", 1) for item in job["resources"].split(", ")).get("gpu") for job in jobs}
+    assert (gpus["train_baseline"], gpus["run"], gpus["scores"]) == ("8", "2", "1")

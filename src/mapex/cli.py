@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mapex import stages
+from mapex import distributed, stages
 from mapex.io import UserError
 
 log = logging.getLogger("mapex")
@@ -107,17 +108,23 @@ def _configure_logging(verbose: bool, log_file: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a stage whose params ask for ``nproc`` > 1 starts again under torchrun."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(build_parser().parse_args(argv))
     _configure_logging(args.pop("verbose"), args.pop("log"))
     threads = args.pop("threads", None)
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        # A stage's threads are shared by the processes torchrun started on this node.
+        torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     stage = args.pop("stage")
     for key in ("command", "data_command"):
         args.pop(key, None)
     try:
+        nproc = stages.processes(stage.__name__, args.get("params"))
+        if nproc > 1 and not distributed.launched():
+            return distributed.relaunch(nproc, argv)
         return stage(**args) or 0
     except UserError as err:
         log.error("%s", err)  # one line, on stderr and in the stage's log

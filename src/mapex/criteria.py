@@ -67,6 +67,14 @@ class Criterion(tp.importance.Importance):
             if value not in allowed:
                 raise io.UserError(f"criterion '{self.name}': unknown {option} '{value}'; valid: {', '.join(allowed)}")
 
+    @classmethod
+    def from_params(
+        cls, options: Mapping[str, str], seed: int, scores: Mapping[str, Tensor] | None = None
+    ) -> Criterion:
+        """The criterion as a row of the study asks for it: its ``options`` from params, the run's
+        ``seed`` where the criterion draws (``random`` does), precomputed ``scores`` if given."""
+        return get_criterion(cls.name, scores=scores, **options)
+
     def compute(
         self,
         model: nn.Module,
@@ -150,6 +158,13 @@ def get_criterion(name: str, **kwargs: Any) -> Criterion:
     return CRITERIA[name](**kwargs)
 
 
+def criterion_from_params(
+    name: str, options: Mapping[str, str], seed: int, scores: Mapping[str, Tensor] | None = None
+) -> Criterion:
+    """The criterion ``name`` built by its own :meth:`Criterion.from_params`."""
+    return _criterion_class(name).from_params(options, seed, scores)
+
+
 def criterion_options(name: str) -> dict[str, tuple[str, ...]]:
     """The options the criterion ``name`` declares, each with its allowed values (first = default),
     so that a caller can validate a params section before any work; ``{}`` for one without."""
@@ -208,6 +223,12 @@ class RandomCriterion(Criterion):
     def __init__(self, scores: Mapping[str, Tensor] | None = None, seed: int = 0) -> None:
         super().__init__(scores)
         self.seed = seed
+
+    @classmethod
+    def from_params(
+        cls, options: Mapping[str, str], seed: int, scores: Mapping[str, Tensor] | None = None
+    ) -> Criterion:
+        return get_criterion(cls.name, scores=scores, seed=seed, **options)
 
     def _score(self, model, batches, input_size) -> ScoreDict:
         generator = torch.Generator().manual_seed(self.seed)

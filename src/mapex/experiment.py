@@ -18,6 +18,7 @@ from torch import nn
 
 from mapex.data.task import TaskData
 from mapex.data.types import BoxIndex
+from mapex.io import UserError
 from mapex.pipeline import Row
 
 log = logging.getLogger("mapex")
@@ -76,8 +77,9 @@ def input_size(params: dict[str, Any]) -> tuple[int, int]:
     return (size, size)
 
 
-def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int, seed: int):
-    """The project's loader over ``index`` (augmented and shuffled if ``train``)."""
+def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int, seed: int, world=None):
+    """The project's loader over ``index`` (augmented and shuffled if ``train``); with a ``world``
+    (:class:`mapex.distributed.World`) of several processes, this process's share of each batch."""
     from mapex.data import make_loader
 
     return make_loader(
@@ -88,6 +90,8 @@ def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int
         seed=seed,
         num_workers=params["workers"],
         cache=True,
+        rank=world.rank if world else 0,
+        world=world.size if world else 1,
     )
 
 
@@ -107,13 +111,10 @@ def task_model(model: nn.Module, task: TaskData) -> nn.Module:
 
 
 def make_criterion(spec: Row, seed: int, scores: dict | None = None):
-    """The criterion of ``spec`` with its options; ``random`` draws from ``seed``."""
-    from mapex.criteria import get_criterion
+    """The criterion of ``spec`` with its options (each criterion takes what it needs: ``random`` the seed)."""
+    from mapex.criteria import criterion_from_params
 
-    kwargs: dict[str, Any] = {"scores": scores, **spec.options}
-    if spec.criterion == "random":
-        kwargs["seed"] = seed
-    return get_criterion(spec.criterion, **kwargs)
+    return criterion_from_params(spec.criterion, spec.options, seed, scores)
 
 
 def compute_scores(
@@ -125,7 +126,10 @@ def compute_scores(
     if criterion.needs_data:
         batches = loader(params, index, False, params["statistics"]["batch_size"], seed)
         model.to(on)
-    scores = criterion.compute(model, batches, input_size(params))
+    from mapex.io import autocast
+
+    with autocast(on, params["amp"]):
+        scores = criterion.compute(model, batches, input_size(params))
     return {name: value.cpu() for name, value in scores.items()}
 
 
@@ -157,10 +161,13 @@ def prune_task_model(
     )
 
 
-def train_config(section: dict[str, Any], seed: int):
+def train_config(section: dict[str, Any], seed: int, amp: bool = False):
     from mapex.train import TrainConfig
 
-    return TrainConfig(**{**section, "seed": seed})  # the schema's fit keys are TrainConfig's fields
+    hyperparameters = {key: value for key, value in section.items() if key != "nproc"}
+    return TrainConfig(
+        **{**hyperparameters, "seed": seed, "amp": amp}
+    )  # the schema's other fit keys are TrainConfig's fields
 
 
 def fit_model(
@@ -180,12 +187,16 @@ def fit_model(
     A checkpoint in ``checkpoint_dir`` is resumed only if written for the same data settings and
     ``source`` (a fingerprint of what ``model`` starts from); ``restart`` discards it instead.
     """
+    from mapex import distributed
     from mapex.identity import data_fingerprint
     from mapex.train import fit
 
-    config = train_config(section, seed)
-    train_loader = loader(params, train_index, True, config.batch_size, seed)
-    val_loader = loader(params, val_index, False, config.batch_size, seed)
+    config = train_config(section, seed, params["amp"])
+    world = distributed.current()
+    if config.batch_size % world.size:
+        raise UserError(f"batch_size {config.batch_size} is not a multiple of nproc {world.size}")
+    train_loader = loader(params, train_index, True, config.batch_size, seed, world)
+    val_loader = loader(params, val_index, False, config.batch_size, seed, world)
     return fit(
         model,
         train_loader,

@@ -139,6 +139,16 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def autocast(device: torch.device, enabled: bool, training: bool = False) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (the ``amp`` param): bfloat16 autocast; float16 where the GPU has no
+    bfloat16, for inference only (training in float16 would need loss scaling). Off elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext() if training else torch.autocast("cuda", dtype=torch.float16)
+
+
 def cpu_info(key: str) -> str:
     """A field of the first processor in /proc/cpuinfo (e.g. ``model name``, ``flags``); '' where there is none."""
     cpuinfo = Path("/proc/cpuinfo")

@@ -15,9 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mapex import distributed
 from mapex.io import UserError, read_json, write_json, write_text
 
 log = logging.getLogger("mapex")
+
+FITTING = {"train": "train", "run": "finetune"}
+"""The stages that fit a model, with the params section (and its ``nproc``) they fit with."""
+
+
+def processes(stage_name: str, params: str) -> int:
+    """How many processes the stage asks for: its section's ``nproc`` (:mod:`mapex.distributed`), else 1."""
+    from mapex import experiment
+
+    section = FITTING.get(stage_name)
+    return experiment.load(params)[section]["nproc"] if section else 1
 
 
 def fetch(params: str, out: str) -> None:
@@ -59,6 +71,7 @@ def train(params: str, data: str, out: str, metrics: str, history: str, restart:
         model_params["arch"], len(task.source_classes), stem=model_params["stem"], pretrained=model_params["pretrained"]
     )
     on = experiment.device(config)
+    world = distributed.start(on)
     result = experiment.fit_model(
         config,
         model,
@@ -71,6 +84,9 @@ def train(params: str, data: str, out: str, metrics: str, history: str, restart:
         source=fingerprint(model_params),
         restart=restart,
     )
+    distributed.stop()
+    if not world.main:
+        return  # rank 0 writes the model and evaluates it
     meta = {**experiment.model_identity(config), "classes": task.source_classes, "stage": "baseline", "seed": seed}
     save_fitted(model, result, Path(out), Path(history), meta)
     test_loader = experiment.loader(config, task.source_test, False, config["train"]["batch_size"], seed)
@@ -146,6 +162,7 @@ def run(
     task_name, task_data = experiment.load_task(config, data, task)
     task_model = experiment.load_task_model(config, task_data, model)
     on = experiment.device(config)
+    world = distributed.start(on)  # before any tensor goes to a GPU: each process to its own
     report = None
     if spec.criterion != UNPRUNED:
         if scores is None:
@@ -170,6 +187,9 @@ def run(
         source=source,
         restart=restart,
     )
+    distributed.stop()
+    if not world.main:
+        return  # rank 0 writes the model and evaluates it
     meta = {
         **experiment.model_identity(config),
         "classes": task_data.task_test.classes,

@@ -47,7 +47,7 @@ from mapex.geometry import (
     receptive_fields,
     trace_model,
 )
-from mapex.io import UserError
+from mapex.io import UserError, autocast
 from mapex.models import device_of, eval_mode
 
 SCORES = ("diff", "ratio", "fg", "contrast")
@@ -428,7 +428,7 @@ def filter_scores(
     eval mode and inference mode on the model's device; the model's train/eval mode is restored
     afterwards. Each batch's own ``H, W`` bounds the receptive-field clipping; ``input_size``
     (default: the first batch's) is passed to :func:`receptive_fields`. ``amp`` runs the forward
-    under CUDA autocast and is ignored on other devices.
+    under CUDA autocast (:func:`mapex.io.autocast`) and is ignored on other devices.
 
     The SPEC's variants: ``tap`` (``consumed`` or ``nonneg``: which activation a conv is scored
     on) and ``field`` (``theoretical`` or ``effective``, ``map-ex`` only: which receptive field
@@ -452,7 +452,7 @@ def filter_scores(
         eval_mode(model),
         torch.inference_mode(),
         tap_outputs(model, taps, accumulator.add_tapped),
-        _autocast(device, amp),
+        autocast(device, amp),
     ):
         for batch in tqdm(
             itertools.chain([first], batch_iterator),
@@ -595,9 +595,3 @@ def response_maps(
 
 def _length(batches: Iterable) -> int | None:
     return len(batches) if isinstance(batches, Sized) else None
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda")
-    return contextlib.nullcontext()

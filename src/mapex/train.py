@@ -37,8 +37,9 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mapex import distributed
 from mapex.identity import fingerprint, load_checked, same
-from mapex.io import UserError, save_torch, seed_everything
+from mapex.io import UserError, autocast, save_torch, seed_everything
 
 SCHEDULES = ("onecycle", "cosine")
 CHECKPOINT_NAME = "last.pt"
@@ -53,6 +54,8 @@ class TrainConfig:
     ``schedule``: ``onecycle`` (warm-up then annealing) or ``cosine`` (annealing from ``lr`` to 0, no
     warm-up), each a ``train.schedule`` / ``finetune.schedule`` param. Both step once per batch.
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
+    ``sync_batchnorm``: with several processes, BatchNorm statistics over the whole global batch
+    (:mod:`mapex.distributed`). ``amp``: bfloat16 autocast on CUDA (:func:`mapex.io.autocast`).
     """
 
     epochs: int = 12
@@ -64,6 +67,8 @@ class TrainConfig:
     schedule: str = "onecycle"
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    sync_batchnorm: bool = False
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -117,26 +122,40 @@ def fit(
     ``epoch`` (1-based), ``train_loss`` (with label smoothing), ``train_top1``, ``val_loss`` (plain
     cross-entropy), ``val_top1``, ``lr`` (at the end of the epoch) and ``seconds``. On return
     ``model`` holds the best epoch's weights (on ``device``; channels-last on the CPU).
+
+    In a process group (:mod:`mapex.distributed`), every process calls this with its share of the
+    batches; the model is trained under DDP, the metrics are summed over the processes, and rank 0
+    alone writes the checkpoint. The checkpoint's identity includes the world size.
     """
+    world = distributed.current()
+    progress = progress and world.main
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
-    if restart:
+    if restart and world.main:
         checkpoint.unlink(missing_ok=True)
-    identity = {**dataclasses.asdict(config), "architecture": _shapes_fingerprint(model), **(identity or {})}
+    identity = {
+        **dataclasses.asdict(config),
+        "architecture": _shapes_fingerprint(model),
+        "world_size": world.size,
+        **(identity or {}),
+    }
     model.to(device, memory_format=_memory_format(device))
     steps = _steps_per_epoch(train_loader, config)
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, config.epochs * steps)
     state = _TrainingState(best_state=_cpu_copy(model.state_dict()), best_epoch=0, history=[])
+    distributed.barrier()  # rank 0 has removed a checkpoint that --restart discards
     if checkpoint.is_file():
         state = _resume(checkpoint, model, optimizer, scheduler, identity)
+    trained = _data_parallel(model, config, device, world)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     for epoch in range(len(state.history) + 1, config.epochs + 1):
         started = time.perf_counter()
         _seed_epoch(train_loader, config.seed, epoch)
-        train_loss, train_top1 = _train_one_epoch(
-            model, train_loader, optimizer, scheduler, criterion, steps, device, epoch, checkpoint, progress
-        )
-        val_loss, val_top1 = _validate(model, val_loader, device, progress)
+        with autocast(device, config.amp, training=True):
+            train_loss, train_top1 = _train_one_epoch(
+                trained, train_loader, optimizer, scheduler, criterion, steps, device, epoch, checkpoint, progress
+            )
+            val_loss, val_top1 = _validate(model, val_loader, device, progress)
         state.record(
             {
                 "epoch": epoch,
@@ -149,11 +168,25 @@ def fit(
             },
             model,
         )
-        _save_checkpoint(checkpoint, model, optimizer, scheduler, identity, state)
+        if world.main:
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, identity, state)
+        distributed.barrier()
         if progress:
             tqdm.write(_summary(state.history[-1], config.epochs))
     model.load_state_dict(state.best_state)
     return FitResult(best_state=state.best_state, best_epoch=state.best_epoch, history=state.history)
+
+
+def _data_parallel(model: nn.Module, config: TrainConfig, device: torch.device, world: distributed.World) -> nn.Module:
+    """``model`` itself in a world of one; else ``model`` under DDP (with SyncBatchNorm if asked)."""
+    if world.size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    distributed.check_sync_batchnorm(config.sync_batchnorm, device)
+    if config.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
+    return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
 
 
 def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
@@ -204,7 +237,7 @@ def _train_one_epoch(
     checkpoint: Path,
     progress: bool,
 ) -> tuple[float, float]:
-    """One pass of ``steps`` batches; returns mean loss and top-1 over the samples seen."""
+    """One pass of ``steps`` batches; returns mean loss and top-1 over the samples seen (by every process)."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(itertools.islice(loader, steps), total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
@@ -222,6 +255,7 @@ def _train_one_epoch(
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{correct / seen:.3f}", refresh=False)
+    loss_sum, correct, seen = distributed.summed([loss_sum, correct, seen], device)
     return loss_sum / seen, correct / seen
 
 
@@ -244,15 +278,18 @@ def _last_good(checkpoint: Path) -> str:
 
 @torch.inference_mode()
 def _validate(model: nn.Module, loader: DataLoader, device: torch.device, progress: bool) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and top-1 over the whole loader, in eval mode."""
+    """Mean cross-entropy (no label smoothing) and top-1 over the whole loader (every process's share), in eval mode."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
         images, labels = _on_device(batch, device)
+        if len(labels) == 0:  # this process's share of a last, small batch
+            continue
         logits = model(images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
+    loss_sum, correct, seen = distributed.summed([loss_sum, correct, seen], device)
     if seen == 0:
         raise UserError("the validation loader yields no sample")
     return loss_sum / seen, correct / seen

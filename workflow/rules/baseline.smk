@@ -19,7 +19,7 @@ rule train_baseline:
         "benchmarks/out/train_baseline.tsv"
     threads: workflow.cores
     resources:
-        gpu=GPU,
+        gpu=GPU * config["train"]["nproc"],
     shell:
         "mapex --log {log} train --params {params.file} --data {input} --out {output.model}"
         " --metrics {output.metrics} --history {output.history} --threads {threads}"

@@ -15,6 +15,8 @@ configfile: "params.yaml"
 # The CLI reads the params file itself, so every rule passes it the file given with --configfile
 # (else params.yaml), and `config` is exactly that file, not a merge of the two.
 PARAMS = os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
+# A cluster profile says `config: [gpu_jobs=1]`: its submit host has no GPU to detect.
+GPU_JOBS = config.get("gpu_jobs")
 config.clear()
 # Validated (one line naming a bad key), with keys sorted so that Snakemake's params trigger
 # reacts to changed values, not to the order of keys in the file.
@@ -26,10 +28,15 @@ BASELINE = "work/baseline/model.pt"
 SCORES = "work/scores/{task}/{criterion}/s{seed}.pt"
 TASKS = task_names(config)
 FIRST_SEED = config["seeds"][0]
-# Jobs that compute on the device ask for this much of the `gpu` resource, which the profiles cap at
-# 1: one job at a time on a local GPU or MPS device. On a CPU they ask for none, so `--cores` alone
-# decides how many single-threaded jobs run side by side. (The SLURM profile sets it per rule.)
-GPU = int(config["device"] != "cpu" and (config["device"] != "auto" or pick_device().type != "cpu"))
+# Jobs that compute on the device ask for this much of the `gpu` resource (times `nproc` for the
+# baseline and the runs), which the default profile caps at 1: one job at a time on a local GPU or
+# MPS device. On a CPU they ask for none, so `--cores` alone decides how many single-threaded jobs
+# run side by side. The SLURM profile sets `gpu_jobs=1`: every device job gets its GPUs there.
+GPU = int(
+    GPU_JOBS
+    if GPU_JOBS is not None
+    else config["device"] != "cpu" and (config["device"] != "auto" or pick_device().type != "cpu")
+)
 
 
 def scores_of(wildcards):

@@ -48,9 +48,9 @@ rule run:
         "logs/run/{task}/{criterion}/r{ratio}/s{seed}.log",
     benchmark:
         "benchmarks/out/run/{task}/{criterion}/r{ratio}/s{seed}.tsv"
-    threads: 1
+    threads: config["finetune"]["nproc"]
     resources:
-        gpu=GPU,
+        gpu=GPU * config["finetune"]["nproc"],
     shell:
         "mapex --log {log} run --params {params.file} --data {input.data} --model {input.model}"
         " --task {wildcards.task} --criterion {wildcards.criterion} --ratio {wildcards.ratio}"

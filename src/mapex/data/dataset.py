@@ -27,7 +27,8 @@ from mapex.data.transforms import BatchTransform, eval_transform, fit_to_size, t
 from mapex.data.types import BoxIndex, BoxSample
 from mapex.io import UserError
 
-BatchKey = tuple[list[int], int]
+BatchKey = tuple[list[int], int] | tuple[list[int], int, int, int]
+"""``(positions, seed)`` of a whole batch, or ``(positions, seed, rank, world)`` for one process's share."""
 Batch = tuple[Tensor, Tensor, list[Tensor]]
 
 
@@ -49,11 +50,12 @@ class BoxDataset(Dataset):
         return len(self.index.samples)
 
     def __getitem__(self, key: BatchKey) -> Batch:
-        positions, seed = key
-        pixels, boxes = self._pixels_and_boxes(positions)
+        positions, seed, rank, world = key if len(key) == 4 else (*key, 0, 1)
+        mine = positions[rank::world]
+        pixels, boxes = self._pixels_and_boxes(mine)
         # ``pixels`` is [B,S,S,3]: its [B,3,S,S] view is channels-last, the CPU models' memory format.
-        images, boxes = self.transform(pixels.permute(0, 3, 1, 2), boxes, seed)
-        return images, self._labels[positions], boxes
+        images, boxes = self.transform(pixels.permute(0, 3, 1, 2), boxes, seed, (rank, world, len(positions)))
+        return images, self._labels[mine], boxes
 
     def _pixels_and_boxes(self, positions: list[int]) -> tuple[Tensor, list[Tensor]]:
         if self._cached is None:
@@ -87,14 +89,28 @@ class SeededBatchSampler(Sampler[BatchKey]):
     """Yields batch keys ``(positions, seed)``; epoch ``e``'s batches and seeds depend on ``(seed, e)`` only.
 
     Each pass over the sampler is the next epoch; :meth:`set_epoch` picks the epoch of the next pass.
+    In a world of several processes (``world`` > 1) the keys are ``(positions, seed, rank, world)``:
+    every process goes through the same global batches and takes its share of each (the images
+    ``rank, rank + world, ...``); a shuffled pass leaves out a last batch too small to give every
+    process an image, so that all of them take the same number of steps.
     """
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.size = size
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.drop_last = drop_last
+        self.drop_last = drop_last or (shuffle and world > 1 and size % batch_size < world)
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,7 +130,8 @@ class SeededBatchSampler(Sampler[BatchKey]):
         if self.shuffle:
             rng.shuffle(order)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size], rng.getrandbits(63)
+            batch, seed = order[start : start + self.batch_size], rng.getrandbits(63)
+            yield (batch, seed) if self.world == 1 else (batch, seed, self.rank, self.world)
 
 
 def _already_batched(batch: Batch) -> Batch:
@@ -130,13 +147,18 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     cache: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
-    """A loader of ``(images, labels, boxes)`` batches: shuffled and augmented if ``train``, else in index order."""
+    """A loader of ``(images, labels, boxes)`` batches: shuffled and augmented if ``train``, else in index order.
+
+    With ``world`` > 1, this process's share (``rank``) of each global batch of ``batch_size``."""
     dataset = BoxDataset(index, train_transform(size) if train else eval_transform(size), cache=cache)
+    sampler = SeededBatchSampler(len(dataset), batch_size, train, seed, drop_last, rank, world)
     return DataLoader(
         dataset,
         batch_size=None,  # the sampler's keys are whole batches
-        sampler=SeededBatchSampler(len(dataset), batch_size, shuffle=train, seed=seed, drop_last=drop_last),
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=_already_batched,
         persistent_workers=num_workers > 0,

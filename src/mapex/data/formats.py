@@ -503,6 +503,33 @@ def _voc_box(element: ElementTree.Element) -> RawBox:
 
 
 # ---------------------------------------------------------------------------------------------
+# ImageNet (ILSVRC-2012 CLS-LOC): train/<wnid>/*.JPEG, val/[<wnid>/]*.JPEG, and the bounding-box
+# archives unpacked as boxes/train/<wnid>/<image>.xml and boxes/val/<image>.xml (VOC-style XML)
+
+IMAGENET_SPLITS = {"train": "train", "val": "test"}
+"""ImageNet's own splits, and the split each is here: its val set is the test split."""
+
+
+def _read_imagenet(root: Path, log: ProblemLog) -> RawDataset:
+    """Every image that has a box file (ILSVRC has boxes for a part of train and all of val)."""
+    boxes_root = root / "boxes"
+    if not boxes_root.is_dir():
+        log.report(
+            "missing-annotation", boxes_root, "ImageNet needs the bounding-box XML files under boxes/train, boxes/val"
+        )
+        return RawDataset([])
+    images = []
+    for own_split, split in IMAGENET_SPLITS.items():
+        files = {path.stem: path for path in _image_files(root / own_split)} if (root / own_split).is_dir() else {}
+        for xml in sorted((boxes_root / own_split).rglob("*.xml")):
+            image = _read_voc_xml(root, xml, log)
+            if image is not None:
+                default = root / own_split / xml.parent.relative_to(boxes_root / own_split) / f"{xml.stem}.JPEG"
+                images.append(RawImage(files.get(xml.stem, default), image.boxes, split))
+    return RawDataset(images)
+
+
+# ---------------------------------------------------------------------------------------------
 # COCO: one instances *.json in annotations/ or the root; images in images/ or beside the json
 
 
@@ -738,5 +765,6 @@ PARSERS: dict[str, Callable[[Path, ProblemLog], RawDataset]] = {
     "coco": _read_coco,
     "yolo": _read_yolo,
     "csv": _read_csv,
+    "imagenet": _read_imagenet,
 }
 """The formats :func:`read_formatted` reads, each by its layout parser (``mapex.data.registry`` lists every format)."""

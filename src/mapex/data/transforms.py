@@ -71,16 +71,25 @@ class BatchTransform:
     padding: int = 0
     flip: bool = False
 
-    def __call__(self, images: Tensor, boxes: list[Tensor], seed: int) -> tuple[Tensor, list[Tensor]]:
+    def __call__(
+        self, images: Tensor, boxes: list[Tensor], seed: int, share: tuple[int, int, int] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``share`` = ``(rank, world, batch)``: ``images`` are images ``rank, rank + world, ...`` of a
+        batch of ``batch`` images, and get the draws those images get when the whole batch is transformed."""
         if self.padding or self.flip:
-            images, boxes = self._augment(images, boxes, torch.Generator().manual_seed(seed))
+            rank, world, count = share or (0, 1, len(images))
+            images, boxes = self._augment(
+                images, boxes, torch.Generator().manual_seed(seed), count, slice(rank, None, world)
+            )
         images = F.to_dtype(images, torch.float32, scale=True)
         return F.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD), inplace=True), boxes
 
-    def _augment(self, images: Tensor, boxes: list[Tensor], generator: torch.Generator) -> tuple[Tensor, list[Tensor]]:
-        count = len(images)
+    def _augment(
+        self, images: Tensor, boxes: list[Tensor], generator: torch.Generator, count: int, mine: slice
+    ) -> tuple[Tensor, list[Tensor]]:
         offsets = torch.randint(0, 2 * self.padding + 1, (count, 2), generator=generator)
         flipped = torch.rand(count, generator=generator) < 0.5 if self.flip else torch.zeros(count, dtype=torch.bool)
+        offsets, flipped = offsets[mine], flipped[mine]
         return self._crop_images(images, offsets, flipped), self._crop_boxes(boxes, offsets, flipped)
 
     def _crop_images(self, images: Tensor, offsets: Tensor, flipped: Tensor) -> Tensor:
