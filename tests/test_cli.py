@@ -113,6 +113,12 @@ def test_class_not_in_dataset_is_named(tmp_path, tiny_imagenet):
         load_task_data(params, tiny_imagenet)
 
 
+def test_a_problem_policy_for_tiny_imagenet_is_refused_not_ignored(tmp_path, tiny_imagenet):
+    params = load_params(_params(tmp_path, data__problems={"no-box": "error"}))
+    with pytest.raises(UserError, match="data.problems: the tiny-imagenet reader checks the layout, not each image"):
+        load_task_data(params, tiny_imagenet)
+
+
 def test_a_task_name_used_twice_is_named(tmp_path):
     tasks = [{"name": "t", "classes": ["n04540053", "n02802426"]}, {"name": "t", "classes": ["n02165456", "n01855672"]}]
     with pytest.raises(UserError, match="data.tasks: task name 't' is used twice"):
