@@ -25,13 +25,6 @@ log = logging.getLogger("mapex")
 CHECKPOINT_ROOT = Path("work/checkpoints")
 
 
-def load(params_file: str | Path) -> dict[str, Any]:
-    """The params file, validated against the schema, with the schema's defaults filled in."""
-    from mapex.config import load_params
-
-    return load_params(params_file)
-
-
 def load_task(params: dict[str, Any], data_dir: str | Path, name: str | None = None) -> tuple[str, TaskData]:
     """The task called ``name`` (the first of ``data.tasks`` when None) and its data."""
     from mapex.data.task import load_task_data
@@ -164,10 +157,9 @@ def prune_task_model(
 def train_config(section: dict[str, Any], seed: int, amp: bool = False):
     from mapex.train import TrainConfig
 
-    hyperparameters = {key: value for key, value in section.items() if key != "nproc"}
-    return TrainConfig(
-        **{**hyperparameters, "seed": seed, "amp": amp}
-    )  # the schema's other fit keys are TrainConfig's fields
+    # Every other fit key of the schema is a TrainConfig field; nproc is the launcher's, the seed the caller's.
+    fields = {key: value for key, value in section.items() if key not in ("nproc", "seed")}
+    return TrainConfig(**fields, seed=seed, amp=amp)
 
 
 def fit_model(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mapex import distributed
+from mapex.config import load_params
 from mapex.io import UserError, read_json, write_json, write_text
 
 log = logging.getLogger("mapex")
@@ -26,15 +27,13 @@ FITTING = {"train": "train", "run": "finetune"}
 
 def processes(stage_name: str, params: str) -> int:
     """How many processes the stage asks for: its section's ``nproc`` (:mod:`mapex.distributed`), else 1."""
-    from mapex import experiment
 
     section = FITTING.get(stage_name)
-    return experiment.load(params)[section]["nproc"] if section else 1
+    return load_params(params)[section]["nproc"] if section else 1
 
 
 def fetch(params: str, out: str) -> None:
     """Download (or copy) the dataset archive, verify its sha256, extract it atomically."""
-    from mapex.config import load_params
     from mapex.data import fetch as fetch_archive
 
     data = load_params(params)["data"]
@@ -63,7 +62,7 @@ def train(params: str, data: str, out: str, metrics: str, history: str, restart:
     from mapex.io import seed_everything
     from mapex.models import build_model
 
-    config = experiment.load(params)
+    config = load_params(params)
     _, task = experiment.load_task(config, data)
     model_params, seed = config["model"], config["train"]["seed"]
     seed_everything(seed)  # the initial weights too
@@ -115,7 +114,7 @@ def scores(params: str, data: str, model: str, out: str, seed: int, task: str | 
     from mapex.pipeline import row
     from mapex.prune import save_scores
 
-    config = experiment.load(params)
+    config = load_params(params)
     spec = row(config, criterion)
     task_name, task_data = experiment.load_task(config, data, task)
     n = config["statistics"]["samples_per_class"]
@@ -157,7 +156,7 @@ def run(
     from mapex.pipeline import UNPRUNED, row
     from mapex.prune import load_scores
 
-    config = experiment.load(params)
+    config = load_params(params)
     spec = row(config, criterion)
     task_name, task_data = experiment.load_task(config, data, task)
     task_model = experiment.load_task_model(config, task_data, model)
@@ -260,7 +259,7 @@ def diagnose(params: str, data: str, model: str, out: str, task: str | None) -> 
     from mapex.data import balanced_subset
     from mapex.diagnostics import diagnose as diagnose_layers
 
-    config = experiment.load(params)
+    config = load_params(params)
     _, task_data = experiment.load_task(config, data, task)
     task_model = experiment.load_task_model(config, task_data, model).to(experiment.device(config))
     seed = config["seeds"][0]
@@ -273,7 +272,7 @@ def samples(params: str, data: str, model: str, out: str) -> None:
     """Pruning in multiple samples (on the first task): rank correlation and accuracy against N."""
     from mapex import experiment, studies
 
-    config = experiment.load(params)
+    config = load_params(params)
     _, task_data = experiment.load_task(config, data)
     checkpoints = experiment.checkpoint_dir(out)  # a killed study resumes its fine-tuning runs
     task_model = experiment.load_task_model(config, task_data, model)
@@ -288,7 +287,7 @@ def response_maps(params: str, data: str, model: str, out: str) -> None:
     from mapex import experiment, studies
     from mapex.io import atomic_path
 
-    config = experiment.load(params)
+    config = load_params(params)
     _, task_data = experiment.load_task(config, data)
     arrays = studies.response_map_arrays(config, task_data, experiment.load_task_model(config, task_data, model))
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
@@ -301,7 +300,7 @@ def latency(params: str, data: str, model: str, out: str, runs: str, models: str
     from mapex.pipeline import run_ids
     from mapex.prune import load_pruned
 
-    config = experiment.load(params)
+    config = load_params(params)
     _, task_data = experiment.load_task(config, data)
     records = [{**read_json(Path(runs) / f"{run}.json"), "run": run} for run in run_ids(config)]
     expect = {**experiment.model_identity(config), "stage": "finetuned"}
@@ -322,7 +321,7 @@ def export(params: str, model: str, out: str) -> None:
     from mapex.prune import load_pruned
 
     loaded, _ = load_pruned(model)
-    export_onnx(loaded, out, experiment.input_size(experiment.load(params)))
+    export_onnx(loaded, out, experiment.input_size(load_params(params)))
 
 
 def report(
@@ -337,11 +336,10 @@ def report(
     history: str | None,
 ) -> None:
     """Tables and figures from the evaluation files the params ask for."""
-    from mapex import experiment
     from mapex.pipeline import FOCUS, run_ids, task_names
     from mapex.report import build_report
 
-    config = experiment.load(params)
+    config = load_params(params)
     tasks = task_names(config)
     build_report(
         [Path(runs) / f"{run}.json" for run in run_ids(config)],

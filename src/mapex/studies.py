@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mapex import experiment
+from mapex.config import load_params
 from mapex.data.task import TaskData
 from mapex.models import conv_layers
 from mapex.pipeline import Row, row
@@ -68,7 +69,7 @@ def scored_study(
     """``study`` over the rows of ``params[section]``, each scored on the first seed's N samples per class."""
     from mapex.data import balanced_subset
 
-    params = experiment.load(params_file)
+    params = load_params(params_file)
     task_name, task = experiment.load_task(params, data_dir, task_name)
     model = experiment.load_task_model(params, task, model_path)
     on = experiment.device(params)
