@@ -3,10 +3,11 @@
     python benchmarks/bench_statistics.py                      # synthetic 64x64 images and boxes
     python benchmarks/bench_statistics.py --data DIR/tiny-imagenet-20 --images 250
     python benchmarks/bench_statistics.py --field effective --baseline theoretical   # the field's cost
+    python benchmarks/bench_statistics.py --data DIR/tiny-imagenet-20 --images 2560 --batch-size 256 --device cuda --amp
 
 ``--baseline theoretical`` times the scoring against the same scoring with the theoretical
 receptive field instead of a forward pass (``--field effective``: the cost of measuring the
-effective fields and weighting under them).
+effective fields and weighting under them). ``--amp``: both under the ``amp`` param's autocast.
 
 ResNet-18 (torchvision, random weights, 20-class head) in eval mode. Both timings run in the same
 process, interleaved, over the same pre-built batches; the scoring time includes tracing the model.
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from mapex.io import autocast
 from mapex.models import device_of
 from mapex.statistics import FIELDS, TAPS, filter_scores
 
@@ -68,10 +70,10 @@ def synchronise() -> None:
         torch.cuda.synchronize()
 
 
-def forward_only(model: torch.nn.Module, batches: list[Batch]) -> None:
+def forward_only(model: torch.nn.Module, batches: list[Batch], amp: bool) -> None:
     model.eval()
     device = device_of(model)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, amp):
         for images, _boxes in batches:
             model(images.to(device))
 
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+    parser.add_argument("--amp", action="store_true", help="the amp param's autocast (CUDA) for both")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,10 +110,12 @@ def main() -> None:
         batches = synthetic_batches(args.images, args.batch_size, args.size, args.seed)
 
     def scores(field: str) -> Callable[[], object]:
-        return lambda: filter_scores(model, batches, method=args.method, progress=False, tap=args.tap, field=field)
+        return lambda: filter_scores(
+            model, batches, method=args.method, amp=args.amp, progress=False, tap=args.tap, field=field
+        )
 
-    baseline = (lambda: forward_only(model, batches)) if args.baseline == "forward" else scores("theoretical")
-    forward_only(model, batches[:1])  # warm-up: allocator, thread pool, oneDNN kernels
+    baseline = (lambda: forward_only(model, batches, args.amp)) if args.baseline == "forward" else scores("theoretical")
+    forward_only(model, batches[:1], args.amp)  # warm-up: allocator, thread pool, oneDNN kernels
     rows = []
     for _ in range(args.repeats):
         rows.append((seconds(baseline), seconds(scores(args.field))))
@@ -118,7 +123,7 @@ def main() -> None:
     print(
         f"resnet18, {sum(len(b[0]) for b in batches)} images of {args.size}x{args.size}, "
         f"batch {args.batch_size}, method {args.method}, tap {args.tap}, field {args.field} "
-        f"against {args.baseline}, {args.device}, {torch.get_num_threads()} threads"
+        f"against {args.baseline}, {args.device}, amp {args.amp}, {torch.get_num_threads()} threads"
     )
     print_table(rows, *BASELINE_COLUMNS[args.baseline])
     images = sum(len(b[0]) for b in batches)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py --data work/data/tiny-imagenet-20
     python benchmarks/bench_train.py --data work/data/tiny-imagenet-20 --steps 400 --block 20 --device cuda
+    python benchmarks/bench_train.py --data work/data/tiny-imagenet-20 --device cuda --amp --workers 8
 
 Project: ``mapex.data.make_loader`` (cached, augmented batches) feeding the epoch loop that
 ``mapex.train.fit`` runs (``_train_one_epoch``: SGD with Nesterov momentum, one-cycle schedule,
@@ -15,7 +16,9 @@ seconds per step (wall clock and process CPU time), the median of each loop, the
 project/plain of the median wall times (the verdict; also the median of the rounds' own ratios and
 the ratio of CPU times, less disturbed by other processes), and the plain loop's time for
 one 9,000-image epoch (extrapolated from its median step), by which the project's wall times are
-normalised.
+normalised, and both loops' images per second. ``--amp`` runs both under the autocast of the
+``amp`` param (bfloat16 on CUDA); ``--workers`` is the project loader's ``workers`` param (the
+plain loop needs none: its images are on the device).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from mapex.data import balanced_subset, make_loader, read_tiny_imagenet
 from mapex.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mapex.io import pick_device
+from mapex.io import autocast, pick_device
 from mapex.models import build_model
 from mapex.train import TrainConfig, _make_optimizer, _make_scheduler, _memory_format, _train_one_epoch
 
@@ -52,8 +55,9 @@ class PlainLoop:
         total_steps: int,
         device: torch.device,
         seed: int,
+        amp: bool,
     ) -> None:
-        self.images, self.labels, self.device = images.to(device), labels.to(device), device
+        self.images, self.labels, self.device, self.amp = images.to(device), labels.to(device), device, amp
         self.batch_size, self.pad = config.batch_size, images.shape[-1] // 16
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -89,7 +93,8 @@ class PlainLoop:
     def steps(self, count: int) -> None:
         for _ in range(count):
             images, labels = self.batch()
-            loss = self.criterion(self.model(images), labels)
+            with autocast(self.device, self.amp, training=True):
+                loss = self.criterion(self.model(images), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -101,16 +106,26 @@ class ProjectLoop:
     """``mapex.train``'s epoch loop over a ``mapex.data`` loader, ``count`` steps at a time."""
 
     def __init__(
-        self, index, size: int, config: TrainConfig, total_steps: int, device: torch.device, seed: int
+        self,
+        index,
+        size: int,
+        config: TrainConfig,
+        total_steps: int,
+        device: torch.device,
+        seed: int,
+        amp: bool,
+        workers: int,
     ) -> None:
-        self.loader = make_loader(index, size, train=True, batch_size=config.batch_size, seed=seed, cache=True)
+        self.loader = make_loader(
+            index, size, train=True, batch_size=config.batch_size, seed=seed, cache=True, num_workers=workers
+        )
         torch.manual_seed(seed)
         self.model = build_model("resnet18", len(index.classes), stem="imagenet")
         self.model.to(device, memory_format=_memory_format(device))
         self.optimizer = _make_optimizer(self.model, config)
         self.scheduler = _make_scheduler(self.optimizer, config, total_steps)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.device, self.epoch = device, 0
+        self.device, self.epoch, self.amp = device, 0, amp
 
     def steps(self, count: int) -> None:
         self.epoch += 1
@@ -125,6 +140,7 @@ class ProjectLoop:
             self.epoch,
             Path("unused-checkpoint"),
             progress=False,
+            amp=self.amp,
         )
 
 
@@ -156,6 +172,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--amp", action="store_true", help="both loops under the amp param's autocast (CUDA)")
+    parser.add_argument("--workers", type=int, default=0, help="the project loader's worker processes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,14 +185,15 @@ def main() -> None:
     rounds = max(1, args.steps // (2 * args.block))
     total_steps = (rounds + 1) * args.block
     loops = {
-        "project": ProjectLoop(index, args.size, config, total_steps, device, args.seed).steps,
-        "plain": PlainLoop(*decode_all(index, args.size), config, total_steps, device, args.seed).steps,
+        "project": ProjectLoop(index, args.size, config, total_steps, device, args.seed, args.amp, args.workers).steps,
+        "plain": PlainLoop(*decode_all(index, args.size), config, total_steps, device, args.seed, args.amp).steps,
     }
     for loop in loops.values():
         seconds_per_step(loop, args.block, device)  # warm-up: allocator, thread pool, oneDNN kernels
     print(
         f"resnet18 (imagenet stem), {len(index)} images of {args.size}x{args.size}, batch {args.batch_size}, "
-        f"{device}, {torch.get_num_threads()} threads, {rounds} rounds of {args.block} steps each"
+        f"{device}, {torch.get_num_threads()} threads, amp {args.amp}, {args.workers} workers, "
+        f"{rounds} rounds of {args.block} steps each"
     )
     times = alternate(loops, rounds, args.block, device)
     summarise(times, args.batch_size)

@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 
 import pytest
@@ -6,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import write_png
 
+import mapex.train
 from mapex.data import BoxIndex, BoxSample, make_loader
 from mapex.io import UserError, load_torch
 from mapex.train import FitResult, TrainConfig, fit
@@ -164,6 +166,44 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path):
     with pytest.raises(UserError, match="epoch 1 step 1; no checkpoint was written yet"):
         _fit(tmp_path, model=PoisonedAt(_model(), call=1))
+
+
+def test_amp_autocasts_the_forward_pass_and_the_loss_only(tmp_path, monkeypatch):
+    """Autocast over the backward pass and the optimiser step too left ResNet-18 at chance (bf16, H100)."""
+    depth = []
+
+    @contextlib.contextmanager
+    def recording_autocast(device, enabled, training=False):
+        depth.append(enabled)
+        try:
+            yield
+        finally:
+            depth.pop()
+
+    seen = {"forward": [], "loss": [], "backward": [], "step": []}
+    sgd_step = torch.optim.SGD.step
+
+    def recorded_step(self, *args, **kwargs):
+        seen["step"].append(bool(depth))
+        return sgd_step(self, *args, **kwargs)
+
+    class RecordedLoss(nn.CrossEntropyLoss):
+        def forward(self, logits, labels):
+            seen["loss"].append(depth == [True])
+            return super().forward(logits, labels)
+
+    monkeypatch.setattr(mapex.train, "autocast", recording_autocast)
+    monkeypatch.setattr(mapex.train.nn, "CrossEntropyLoss", RecordedLoss)
+    monkeypatch.setattr(torch.optim.SGD, "step", recorded_step)
+    model = _model()
+    model.register_forward_pre_hook(lambda module, args: seen["forward"].append(depth == [True]))
+    for parameter in model.parameters():
+        parameter.register_hook(lambda grad: seen["backward"].append(bool(depth)))
+    _fit(tmp_path, model=model, epochs=1, amp=True)
+    assert seen["forward"] and all(seen["forward"])  # training and validation batches, under autocast(amp=True)
+    assert seen["loss"] and all(seen["loss"])
+    assert seen["backward"] and not any(seen["backward"])
+    assert seen["step"] and not any(seen["step"])
 
 
 def test_max_steps_per_epoch_caps_the_batches(tmp_path):

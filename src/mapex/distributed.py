@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from mapex.io import UserError
 
@@ -86,11 +87,11 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def summed(values: Sequence[float], device: torch.device) -> list[float]:
-    """``values`` added element-wise over every process (unchanged in a world of one)."""
+def summed(values: Sequence[float | Tensor], device: torch.device) -> list[float]:
+    """``values`` (numbers or one-element tensors on ``device``) added element-wise over every process, as floats."""
     if current().size == 1:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        return [float(value) for value in values]
+    tensor = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device) for value in values])
     dist.all_reduce(tensor)
     return tensor.tolist()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.fx.experimental import optimization as fx_optimization
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -39,25 +39,27 @@ def accuracy(
     paired comparisons of the report resample).
     """
     model.to(device).eval()
-    top1 = top5 = seen = 0
-    labels_seen: list[int] = []
-    predicted: list[int] = []
+    top1 = torch.zeros((), dtype=torch.int64, device=device)  # the sums stay on the device: no copy per batch
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    labels_seen: list[Tensor] = []
+    predicted: list[Tensor] = []
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         logits = model(images)
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = ranked == labels[:, None]
-        top1 += hits[:, 0].sum().item()
-        top5 += hits.any(dim=1).sum().item()
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
         seen += len(labels)
         if predictions:
-            labels_seen += labels.tolist()
-            predicted += ranked[:, 0].tolist()
+            labels_seen.append(labels)
+            predicted.append(ranked[:, 0])
     if seen == 0:
         raise UserError("the evaluation loader yields no sample")
-    result: dict[str, Any] = {"top1": top1 / seen, "top5": top5 / seen, "n": seen}
+    result: dict[str, Any] = {"top1": top1.item() / seen, "top5": top5.item() / seen, "n": seen}
     if predictions:
-        result["predictions"] = {"label": labels_seen, "pred": predicted}
+        result["predictions"] = {"label": torch.cat(labels_seen).tolist(), "pred": torch.cat(predicted).tolist()}
     return result
 
 
