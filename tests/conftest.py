@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,3 +57,28 @@ def tiny_imagenet(tmp_path_factory) -> Path:
     from mapex.data import fetch
 
     return fetch(str(ARCHIVE), ARCHIVE_SHA256, tmp_path_factory.mktemp("data") / "tiny-imagenet-20")
+
+
+@pytest.fixture(scope="session")
+def snakemake_tree(tmp_path_factory, worker_id) -> Path:
+    """The CI config's pipeline run by Snakemake in a copy of the repository, once per test run.
+
+    Under pytest-xdist the workers share it: whichever asks first builds it, under a file lock, in
+    the run's folder above every worker's own (tests/test_workflow_snakemake.py and the DVC
+    comparison in tests/test_workflow_dvc.py use it).
+    """
+    from filelock import FileLock
+
+    from workflow_trees import snakemake_build, snapshot
+
+    if worker_id == "master":  # no xdist
+        return snakemake_build(tmp_path_factory.mktemp("snakemake"))
+    shared = tmp_path_factory.getbasetemp().parent
+    root = shared / "snakemake"
+    with FileLock(shared / "snakemake.lock"):
+        if not (snapshot(root) / "summary.csv").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(snapshot(root), ignore_errors=True)
+            root.mkdir()
+            snakemake_build(root)
+    return root
