@@ -251,7 +251,7 @@ def _train_one_epoch(
 
     ``amp`` autocasts the forward pass and the loss only: run over the backward pass and the
     optimiser step too, bfloat16 autocast left ResNet-18 at chance on an H100 (first epoch top-1
-    0.054 against 0.157 with the forward alone and 0.164 in float32; notes of 2026-11-26).
+    0.054 against 0.157 with the forward alone and 0.164 in float32; docs/cluster.md §4).
 
     The running sums stay on ``device`` (nothing is copied back per batch): the loss sum in
     float64, which gives the same bits as adding ``loss.item() * n`` in Python, and the first
@@ -318,7 +318,8 @@ def _validate(
             continue
         with autocast(device, amp, training=True):
             logits = model(images)
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        loss_sum += loss.double()
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
     loss_total, correct_total, seen_total = distributed.summed([loss_sum, correct, seen], device)
