@@ -47,13 +47,17 @@ def copy_repo(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     shutil.copy(dest / CI_CONFIG, dest / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return _commit_all(dest, "copy")
+
+
+def _commit_all(root: Path, message: str) -> Path:
     for command in (
-        ["git", "init", "-q"],
         ["git", "add", "-A"],
-        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "copy"],
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", message],
     ):
-        subprocess.run(command, cwd=dest, check=True)
-    return dest
+        subprocess.run(command, cwd=root, check=True)
+    return root
 
 
 def run(command: list[str], cwd: Path) -> str:
@@ -111,10 +115,7 @@ def with_prune(root: Path, **prune) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["prune"].update(prune)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(
-        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qam", "rows"], cwd=root, check=True
-    )
-    return root
+    return _commit_all(root, "rows")
 
 
 def results(root: Path) -> dict[str, str]:
