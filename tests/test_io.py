@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from mapex.io import UserError, atomic_path, pick_device, read_json, write_json
+from mapex.io import UserError, atomic_path, autocast, cpu_has_bfloat16, pick_device, read_json, write_json
 
 
 def test_failed_write_leaves_neither_output_nor_temporary(tmp_path):
@@ -109,3 +110,23 @@ def test_load_torch_reads_tensors_and_plain_values(tmp_path):
     save_torch(tmp_path / "ok.pt", {"w": torch.ones(2), "meta": {"arch": "x", "ratio": 0.5, "kept": [1, 2]}})
     loaded = load_torch(tmp_path / "ok.pt")
     assert torch.equal(loaded["w"], torch.ones(2)) and loaded["meta"]["kept"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "flags, native", [("fpu sse avx2 avx512f", False), ("avx512f avx512_bf16", True), ("amx_bf16", True)]
+)
+def test_bfloat16_units_are_read_from_the_cpu_flags(monkeypatch, flags, native):
+    monkeypatch.setattr("mapex.io.cpu_info", lambda key: flags if key == "flags" else "")
+    assert cpu_has_bfloat16() is native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_autocasts_the_cpu_only_where_it_computes_in_bfloat16(monkeypatch, native):
+    monkeypatch.setattr("mapex.io.cpu_has_bfloat16", lambda: native)
+    cpu = torch.device("cpu")
+    with autocast(cpu, enabled=True):
+        assert torch.is_autocast_enabled("cpu") is native
+        if native:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast(cpu, enabled=False):
+        assert not torch.is_autocast_enabled("cpu")

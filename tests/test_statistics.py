@@ -261,13 +261,26 @@ def test_batches_with_labels_and_mode_restored():
         assert torch.equal(with_labels[name], without[name])
 
 
-def test_amp_is_ignored_off_cuda():
+def test_amp_is_ignored_on_a_cpu_without_bfloat16_units(monkeypatch):
+    monkeypatch.setattr("mapex.io.cpu_has_bfloat16", lambda: False)
     model = random_small_net()
     images, boxes = random_task(3)
     plain = filter_scores(model, [(images, boxes)], progress=False)
     mixed = filter_scores(model, [(images, boxes)], amp=True, progress=False)
     for name in plain:
         assert torch.equal(plain[name], mixed[name])
+
+
+def test_amp_on_a_bfloat16_cpu_scores_in_bfloat16_close_to_float32(monkeypatch):
+    monkeypatch.setattr("mapex.io.cpu_has_bfloat16", lambda: True)  # elsewhere torch emulates it: slow, same numbers
+    model = random_small_net()
+    images, boxes = random_task(3)
+    plain = filter_scores(model, [(images, boxes)], progress=False)
+    mixed = filter_scores(model, [(images, boxes)], amp=True, progress=False)
+    assert any(not torch.equal(plain[name], mixed[name]) for name in plain)  # the convs ran in bfloat16
+    for name in plain:
+        assert mixed[name].dtype == plain[name].dtype
+        torch.testing.assert_close(mixed[name], plain[name], rtol=0.05, atol=0.02)
 
 
 def test_bad_arguments_are_user_errors():

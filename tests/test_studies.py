@@ -80,6 +80,26 @@ def test_keep_prunes_only_the_named_convs():
     assert changed == set(group)
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_studies_validate_under_the_amp_autocast(tiny_setup, monkeypatch, amp):
+    import mapex.evaluate
+
+    params, task, model = tiny_setup
+    monkeypatch.setattr("mapex.io.cpu_has_bfloat16", lambda: True)
+    seen = []
+    for name in ("accuracy", "recalibrate_batchnorm"):
+        original = getattr(mapex.evaluate, name)
+
+        def recording(*args, _original=original, **kwargs):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(mapex.evaluate, name, recording)
+    evaluator = studies._Evaluator({**params, "amp": amp}, model, task, torch.device("cpu"), recalibrate_bn=1)
+    assert 0 <= evaluator.accuracy(model) <= 1
+    assert seen == [amp, amp]  # BN re-estimation, then validation
+
+
 def test_sensitivity_prunes_one_group_at_a_time_for_every_row(tiny_setup):
     params, task, model = tiny_setup
     scores = _scores(params, model, params["sensitivity"]["criteria"])

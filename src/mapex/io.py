@@ -140,13 +140,24 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool, training: bool = False) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (the ``amp`` param): bfloat16 autocast; float16 where the GPU has no
-    bfloat16, for inference only (training in float16 would need loss scaling). Off elsewhere."""
-    if not enabled or device.type != "cuda":
+    """Mixed precision (the ``amp`` param): bfloat16 autocast on CUDA, and on a CPU with bfloat16
+    arithmetic units (:func:`cpu_has_bfloat16`), where it is nearly twice float32's speed; float16
+    where the GPU has no bfloat16, for inference only (training in float16 would need loss scaling).
+    Off elsewhere: an emulated bfloat16 would be slower than float32."""
+    if not enabled:
         return contextlib.nullcontext()
-    if torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext() if training else torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext() if training else torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and cpu_has_bfloat16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this x86 CPU computes in bfloat16 natively (AVX-512 BF16 or AMX; the kernels oneDNN uses)."""
+    return bool(set(cpu_info("flags").split()) & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_info(key: str) -> str:

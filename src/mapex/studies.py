@@ -47,12 +47,15 @@ class _Evaluator:
         self.calibration = list(itertools.islice(train, recalibrate_bn))
 
     def accuracy(self, model: nn.Module) -> float:
+        """Under the ``amp`` param's autocast, as the fine-tuning's validation passes are."""
         from mapex.evaluate import accuracy, recalibrate_batchnorm
+        from mapex.io import autocast
 
         model.to(self.on)
-        if self.calibration:
-            recalibrate_batchnorm(model, self.calibration, self.on)
-        return accuracy(model, self.val, self.on, progress=False)["top1"]
+        with autocast(self.on, self.params["amp"]):
+            if self.calibration:
+                recalibrate_batchnorm(model, self.calibration, self.on)
+            return accuracy(model, self.val, self.on, progress=False)["top1"]
 
     def pruned(
         self, spec: Row, scores: Scores, ratio: float, seed: int, keep: dict[str, int] | None = None
