@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
-    parser.add_argument("--amp", action="store_true", help="the amp param's autocast (CUDA) for both")
+    parser.add_argument("--amp", action="store_true", help="the amp param's autocast (bfloat16 where native) for both")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,8 +17,8 @@ project/plain of the median wall times (the verdict; also the median of the roun
 the ratio of CPU times, less disturbed by other processes), and the plain loop's time for
 one 9,000-image epoch (extrapolated from its median step), by which the project's wall times are
 normalised, and both loops' images per second. ``--amp`` runs both under the autocast of the
-``amp`` param (bfloat16 on CUDA); ``--workers`` is the project loader's ``workers`` param (the
-plain loop needs none: its images are on the device).
+``amp`` param (bfloat16 on CUDA and on a CPU with bfloat16 units); ``--workers`` is the project
+loader's ``workers`` param (the plain loop needs none: its images are on the device).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--amp", action="store_true", help="both loops under the amp param's autocast (CUDA)")
+    parser.add_argument("--amp", action="store_true", help="both loops under the amp autocast (bfloat16 where native)")
     parser.add_argument("--workers", type=int, default=0, help="the project loader's worker processes")
     args = parser.parse_args()
     if args.threads:

@@ -410,6 +410,12 @@ def test_fit_to_size_squashes_and_clamps() -> None:
     assert out.shape == (3, 32, 32) and out_boxes.tolist() == [[8, 8, 24, 24], [0, 4, 32, 32]]
 
 
+def test_fit_to_size_keeps_an_image_of_the_size_and_clamps_its_boxes() -> None:
+    image, _ = drawn(16, 16, (3, 5, 9, 16))
+    out, out_boxes = fit_to_size(image, torch.tensor([[3.0, 5.0, 9.0, 16.0], [-2.0, 1.5, 20.0, 4.0]]), 16)
+    assert torch.equal(out, image) and out_boxes.tolist() == [[3, 5, 9, 16], [0, 1.5, 16, 4]]
+
+
 def test_eval_transform_only_normalises() -> None:
     images, boxes = drawn_batch(16, [(3, 5, 9, 16), (0, 0, 16, 4)])
     out, out_boxes = eval_transform(16)(images, boxes, seed=1)

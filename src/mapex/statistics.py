@@ -428,7 +428,7 @@ def filter_scores(
     eval mode and inference mode on the model's device; the model's train/eval mode is restored
     afterwards. Each batch's own ``H, W`` bounds the receptive-field clipping; ``input_size``
     (default: the first batch's) is passed to :func:`receptive_fields`. ``amp`` runs the forward
-    under CUDA autocast (:func:`mapex.io.autocast`) and is ignored on other devices.
+    under bfloat16 autocast where it is native (:func:`mapex.io.autocast`); the sums stay float32/64.
 
     The SPEC's variants: ``tap`` (``consumed`` or ``nonneg``: which activation a conv is scored
     on) and ``field`` (``theoretical`` or ``effective``, ``map-ex`` only: which receptive field

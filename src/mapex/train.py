@@ -55,7 +55,7 @@ class TrainConfig:
     warm-up), each a ``train.schedule`` / ``finetune.schedule`` param. Both step once per batch.
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
     ``sync_batchnorm``: with several processes, BatchNorm statistics over the whole global batch
-    (:mod:`mapex.distributed`). ``amp``: bfloat16 autocast on CUDA (:func:`mapex.io.autocast`).
+    (:mod:`mapex.distributed`). ``amp``: bfloat16 autocast where it is native (:func:`mapex.io.autocast`).
     """
 
     epochs: int = 12
