@@ -7,6 +7,7 @@ half-written output that a later stage (or Snakemake/DVC) would trust.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -155,8 +156,11 @@ def autocast(device: torch.device, enabled: bool, training: bool = False) -> con
     return contextlib.nullcontext()
 
 
+@functools.cache
 def cpu_has_bfloat16() -> bool:
-    """Whether this x86 CPU computes in bfloat16 natively (AVX-512 BF16 or AMX; the kernels oneDNN uses)."""
+    """Whether this x86 CPU computes in bfloat16 natively (AVX-512 BF16 or AMX; the kernels oneDNN uses).
+
+    Read once per process: :func:`autocast` asks at every training step."""
     return bool(set(cpu_info("flags").split()) & {"avx512_bf16", "amx_bf16"})
 
 
