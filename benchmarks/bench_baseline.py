@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import time
 from pathlib import Path
@@ -29,27 +28,24 @@ import torch
 from bench_train import PlainLoop, decode_all
 from mapex import experiment
 from mapex.config import load_params
-from mapex.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mapex.io import autocast, pick_device
+from mapex.io import autocast, pick_device, read_json
 
 
 @torch.inference_mode()
 def plain_top1(loop: PlainLoop, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     loop.model.eval()
     hits = 0
     for start in range(0, len(images), batch_size):
-        batch = (images[start : start + batch_size].float() / 255 - mean) / std
+        batch = (images[start : start + batch_size].to(loop.device).float() / 255 - loop.mean) / loop.std
         with autocast(loop.device, loop.amp):
-            predicted = loop.model(batch.to(loop.device)).argmax(dim=1).cpu()
+            predicted = loop.model(batch).argmax(dim=1).cpu()
         hits += int((predicted == labels[start : start + batch_size]).sum())
     return hits / len(images)
 
 
 def project_baseline(folder: Path) -> tuple[float, float]:
     """Test top-1 and training seconds (the history's per-epoch ``seconds``) of a `mapex train` run."""
-    top1 = json.loads((folder / "metrics.json").read_text())["top1"]
+    top1 = read_json(folder / "metrics.json")["top1"]
     with (folder / "history.csv").open() as rows:
         seconds = sum(float(row["seconds"]) for row in csv.DictReader(rows))
     return top1, seconds
