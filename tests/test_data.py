@@ -404,16 +404,30 @@ def test_fit_to_size_doubles_boxes_onto_the_drawn_pixels() -> None:
     assert torch.equal(out[0] > 127, box_mask(out_boxes[0], 32, 32))
 
 
-def test_fit_to_size_squashes_and_clamps() -> None:
+def test_fit_to_size_squashes_and_moves_boxes_with_the_pixels() -> None:
     image, _ = drawn(20, 40, (0, 0, 1, 1))
     out, out_boxes = fit_to_size(image, torch.tensor([[10.0, 5.0, 30.0, 15.0], [-4.0, 2.5, 50.0, 25.0]]), 32)
-    assert out.shape == (3, 32, 32) and out_boxes.tolist() == [[8, 8, 24, 24], [0, 4, 32, 32]]
+    assert out.shape == (3, 32, 32)
+    assert torch.allclose(out_boxes, torch.tensor([[8.0, 8.0, 24.0, 24.0], [-3.2, 4.0, 40.0, 40.0]]))
 
 
-def test_fit_to_size_keeps_an_image_of_the_size_and_clamps_its_boxes() -> None:
-    image, _ = drawn(16, 16, (3, 5, 9, 16))
-    out, out_boxes = fit_to_size(image, torch.tensor([[3.0, 5.0, 9.0, 16.0], [-2.0, 1.5, 20.0, 4.0]]), 16)
-    assert torch.equal(out, image) and out_boxes.tolist() == [[3, 5, 9, 16], [0, 1.5, 16, 4]]
+def test_fit_to_size_returns_an_image_of_the_size_as_it_is() -> None:
+    image, boxes = drawn(16, 16, (3, 5, 9, 16))
+    out, out_boxes = fit_to_size(image, boxes, 16)
+    assert out is image and out_boxes is boxes
+
+
+def test_decoded_boxes_are_clamped_to_their_image_and_emptied_ones_dropped(tmp_path: Path) -> None:
+    """Boxes reaching past the image (annotation noise), before and after the squash to 16x16."""
+    given = {(16, 16): ((-2.0, 1.5, 20.0, 4.0), (3, 5, 9, 16), (16, 0, 20, 4)), (8, 32): ((30, 2, 40, 12),)}
+    samples = []
+    for k, ((height, width), boxes) in enumerate(given.items()):
+        path = tmp_path / f"img{k}.png"
+        write_png(drawn(height, width, (0, 0, 1, 1))[0], str(path))
+        samples.append(BoxSample(path, k, boxes))
+    dataset = BoxDataset(BoxIndex(["a", "b"], samples), eval_transform(16), cache=True)
+    _, _, boxes = dataset[([0, 1], 0)]
+    assert [b.tolist() for b in boxes] == [[[0, 1.5, 16, 4], [3, 5, 9, 16]], [[15, 4, 16, 16]]]
 
 
 def test_eval_transform_only_normalises() -> None:

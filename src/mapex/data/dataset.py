@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
 
-from mapex.data.transforms import BatchTransform, eval_transform, fit_to_size, train_transform
+from mapex.data.transforms import BatchTransform, eval_transform, fit_to_size, keep_visible_boxes, train_transform
 from mapex.data.types import BoxIndex, BoxSample
 from mapex.io import UserError
 
@@ -65,16 +65,18 @@ class BoxDataset(Dataset):
 
 
 def _load_all(samples: list[BoxSample], size: int) -> tuple[Tensor, list[Tensor]]:
-    """Decoded images as one uint8 ``[N,S,S,3]`` tensor (filled in place: no second copy), boxes per image."""
+    """Decoded images as one uint8 ``[N,S,S,3]`` tensor (filled in place: no second copy), and each
+    image's boxes clamped to it (:func:`keep_visible_boxes`, once for all images)."""
     pixels = torch.empty(len(samples), size, size, 3, dtype=torch.uint8)
+    counts = [len(sample.boxes) for sample in samples]
+    given = torch.tensor([box for sample in samples for box in sample.boxes], dtype=torch.float32).reshape(-1, 4)
     boxes = []
-    for position, sample in enumerate(samples):
-        image, image_boxes = fit_to_size(
-            _decode(sample.image), torch.tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4), size
-        )
+    for position, (sample, image_boxes) in enumerate(zip(samples, given.split(counts))):
+        image, image_boxes = fit_to_size(_decode(sample.image), image_boxes, size)
         pixels[position] = image.permute(1, 2, 0)
         boxes.append(image_boxes)
-    return pixels, boxes
+    owners = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long))
+    return pixels, keep_visible_boxes(torch.cat(boxes) if boxes else given, owners, len(samples), size, size)
 
 
 def _decode(path: Path) -> Tensor:
