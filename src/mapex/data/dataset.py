@@ -23,7 +23,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
 
-from mapex.data.transforms import BatchTransform, eval_transform, fit_to_size, keep_visible_boxes, train_transform
+from mapex.data.transforms import (
+    BatchTransform,
+    box_owners,
+    eval_transform,
+    fit_to_size,
+    keep_visible_boxes,
+    train_transform,
+)
 from mapex.data.types import BoxIndex, BoxSample
 from mapex.io import UserError
 
@@ -75,8 +82,8 @@ def _load_all(samples: list[BoxSample], size: int) -> tuple[Tensor, list[Tensor]
         image, image_boxes = fit_to_size(_decode(sample.image), image_boxes, size)
         pixels[position] = image.permute(1, 2, 0)
         boxes.append(image_boxes)
-    owners = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long))
-    return pixels, keep_visible_boxes(torch.cat(boxes) if boxes else given, owners, len(samples), size, size)
+    moved = torch.cat(boxes) if boxes else given
+    return pixels, keep_visible_boxes(moved, box_owners(boxes), len(samples), size, size)
 
 
 def _decode(path: Path) -> Tensor:

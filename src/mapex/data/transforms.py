@@ -41,6 +41,11 @@ def fit_to_size(image: Tensor, boxes: Tensor, size: int) -> tuple[Tensor, Tensor
     return resized.as_subclass(Tensor), resized_boxes.as_subclass(Tensor)
 
 
+def box_owners(boxes: list[Tensor]) -> Tensor:
+    """For per-image boxes ``boxes``, the image of each row of ``torch.cat(boxes)``."""
+    return torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([len(b) for b in boxes], dtype=torch.long))
+
+
 def keep_visible_boxes(boxes: Tensor, owners: Tensor, images: int, height: int, width: int) -> list[Tensor]:
     """Clamp boxes to the image and drop those left empty, keeping at least one box per image.
 
@@ -107,7 +112,7 @@ class BatchTransform:
         return cropped.permute(0, 3, 1, 2)
 
     def _crop_boxes(self, boxes: list[Tensor], offsets: Tensor, flipped: Tensor) -> list[Tensor]:
-        owners = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([len(b) for b in boxes]))
+        owners = box_owners(boxes)
         shift = (self.padding - offsets[owners]).to(torch.float32).repeat(1, 2)
         moved = torch.cat(boxes) + shift
         mirrored = torch.stack([self.size - moved[:, 2], moved[:, 1], self.size - moved[:, 0], moved[:, 3]], dim=1)
