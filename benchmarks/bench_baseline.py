@@ -57,6 +57,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--baseline", type=Path, help="folder of mapex train's metrics.json and history.csv")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--with-validation-images",
+        action="store_true",
+        help="train the plain loop on the validation images too (all of the source's training images)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,15 +70,18 @@ def main() -> None:
     seed, size = params["train"]["seed"], params["data"]["image_size"]
     config = experiment.train_config(params["train"], seed, params["amp"])
     device = pick_device(params["device"])
-    steps_per_epoch = math.ceil(len(task.source_train) / config.batch_size)
     train_images, train_labels = decode_all(task.source_train, size)
+    if args.with_validation_images:
+        val_images, val_labels = decode_all(task.source_val, size)
+        train_images, train_labels = torch.cat([train_images, val_images]), torch.cat([train_labels, val_labels])
+    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
     loop = PlainLoop(train_images, train_labels, config, config.epochs * steps_per_epoch, device, seed, params["amp"])
     started = time.perf_counter()
     loop.steps(config.epochs * steps_per_epoch)
     seconds = time.perf_counter() - started
     top1 = plain_top1(loop, *decode_all(task.source_test, size), config.batch_size)
     print(
-        f"plain loop: {config.epochs} epochs of {len(task.source_train):,} images ({steps_per_epoch} steps of "
+        f"plain loop: {config.epochs} epochs of {len(train_images):,} images ({steps_per_epoch} steps of "
         f"{config.batch_size}), {device}, {torch.get_num_threads()} threads, amp {params['amp']}: "
         f"test top-1 {top1:.3f} on {len(task.source_test):,} images, {seconds:.0f} s training"
     )

@@ -116,11 +116,11 @@ def standard_runs(folder: Path, extra_criterion: str | None = None) -> list[Path
     return [write_run(folder, r) for r in records]
 
 
-def write_sanity_csv(path: Path) -> Path:
+def write_sanity_csv(path: Path, map_ex_top: float = 0.80) -> Path:
     """map-ex ranks (top 80 %, random draws 50–58 %, bottom 30 %); l1 does not (top 55 %), in t0 and t1."""
     lines = ["task,criterion,ratio,case,draw,val_top1"]
     for task in TASKS:
-        for criterion, top in (("map-ex", 0.80), ("l1", 0.55)):
+        for criterion, top in (("map-ex", map_ex_top), ("l1", 0.55)):
             for ratio in RATIOS:
                 lines.append(f"{task},{criterion},{ratio},top,0,{top}")
                 lines.append(f"{task},{criterion},{ratio},bottom,0,0.30")

@@ -58,6 +58,8 @@ def test_help_lists_every_stage():
         ({"prune__ratios": [0.5, 1.5]}, "prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
         ({"prune__ratios": [0.0]}, "prune.ratios[0]: 0.0 is less than or equal to the minimum of 0"),
         ({"train__epochs": 0}, "train.epochs: 0 is less than the minimum of 1"),
+        ({"sanity__extra_baseline_seeds": [1, 0]}, "sanity.extra_baseline_seeds: 0 is train.seed"),
+        ({"sanity__extra_baseline_seeds": [1, 1]}, "sanity.extra_baseline_seeds: [1, 1] has non-unique elements"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, edits, message):

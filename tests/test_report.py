@@ -13,6 +13,7 @@ import pytest
 from fixtures_report import (
     ENV,
     LAYERS,
+    RATIOS,
     correct_pattern,
     run_record,
     standard_runs,
@@ -473,6 +474,32 @@ def test_paired_differences_forest_plot(comparisons: pd.DataFrame, figures: list
     assert zero_lines
 
 
+def test_sanity_over_baselines_by_hand(tmp_path: Path) -> None:
+    """Baseline a: map-ex's margin 80 − 54 = 26 points; b: 70 − 54 = 16; l1's 55 − 54 = 1 on both."""
+    tables = {
+        label: report.sanity_table([write_sanity_csv(tmp_path / f"{label}.csv", map_ex_top=top)])
+        for label, top in (("a", 0.80), ("b", 0.70))
+    }
+    over = report.sanity_over_baselines(tables).set_index(["criterion", "measure"])
+    margin = over.loc[("map-ex", "margin")]
+    assert margin["a"] == pytest.approx(26) and margin["b"] == pytest.approx(16)
+    half = 12.706 * (50**0.5) / 2**0.5  # t(0.975, 1 df) × sd / √n
+    assert (margin["mean"], margin["low"], margin["high"]) == pytest.approx((21, 21 - half, 21 + half), abs=1e-2)
+    assert (margin["positive"], margin["n_baselines"]) == (2, 2)
+    assert over.loc[("l1", "margin"), ["mean", "low", "high"]].tolist() == pytest.approx([1, 1, 1])
+    assert over.loc[("map-ex", "bottom_gap"), "mean"] == pytest.approx(24)
+    assert over.loc[("map-ex", "ranked_ratios"), ["a", "b"]].tolist() == [len(RATIOS)] * 2
+    assert over.loc[("l1", "ranked_ratios"), "positive"] == 0
+    markdown = " ".join(report.sanity_over_baselines_markdown(over.reset_index()).split())
+    assert "| map-ex | 26.0 | 16.0 | 21.0 | [-42.5, +84.5] | 2/2 |" in markdown
+
+
+def test_sanity_on_one_baseline_has_no_interval(tmp_path: Path) -> None:
+    over = report.sanity_over_baselines({"seed 0": report.sanity_table([write_sanity_csv(tmp_path / "s.csv")])})
+    assert over["low"].isna().all() and over["high"].isna().all()
+    assert "| map-ex | 26.0 | 26.0 | — | 1/1 |" in " ".join(report.sanity_over_baselines_markdown(over).split())
+
+
 def test_sanity_check_figure(tmp_path: Path, figures: list) -> None:
     report.plot_sanity_check(report.sanity_table([write_sanity_csv(tmp_path / "s.csv")]), Path("unused"))
     fig = figures[0]
@@ -507,14 +534,14 @@ def test_build_report_writes_every_table_and_figure(tmp_path: Path, run_files: l
     written = report.build_report(
         run_files,
         out,
-        sanity_csvs=[write_sanity_csv(tmp_path / "sanity.csv")],
+        sanity_csvs={"seed 0": [write_sanity_csv(tmp_path / "sanity.csv")]},
         sensitivity_csvs=[write_sensitivity_csv(tmp_path / "sens.csv")],
         latency_csv=write_latency_csv(tmp_path / "lat.csv"),
         samples_csv=write_samples_csv(tmp_path / "samples.csv"),
         response_maps=write_response_npz(tmp_path / "maps.npz"),
         history=[write_history(tmp_path / f"h{s}.csv", s) for s in (0, 1)],
     )
-    for name in ("summary", "comparisons", "sanity", "latency"):
+    for name in ("summary", "comparisons", "sanity", "sanity_baselines", "latency"):
         assert (out / "tables" / f"{name}.csv").is_file() and (out / "tables" / f"{name}.md").is_file()
     for stem in FIGURES:
         assert_png_and_pdf(out / "figures" / stem)

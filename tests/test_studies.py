@@ -25,6 +25,7 @@ def tiny_setup(tmp_path_factory, tiny_imagenet):
         "ratios": [0.5],
         "random_draws": 3,
         "recalibrate_bn": 1,
+        "extra_baseline_seeds": [],
     }
     params["sensitivity"] = {"criteria": ["l1", "random"], "fraction": 0.5, "recalibrate_bn": 1}
     params["prune"]["ratios"] = [0.5]

@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from mapex.uncertainty import Interval, bootstrap_interval, resample_counts, resampled_means
+from mapex.uncertainty import (
+    Interval,
+    bootstrap_interval,
+    resample_counts,
+    resampled_means,
+    student_t_quantile,
+    t_interval,
+)
 
 
 def correctness(rng: np.random.Generator, probabilities: np.ndarray, n_seeds: int) -> np.ndarray:
@@ -130,3 +137,26 @@ def test_paired_intervals_cover_the_true_difference_about_95_percent_of_the_time
         covered += interval.low <= 0.05 <= interval.high
     # 300 experiments: a coverage of 0.95 has a standard error of 0.013
     assert 0.92 <= covered / experiments <= 0.995
+
+
+@pytest.mark.parametrize(
+    ("level", "df", "expected"),
+    [(0.95, 1, 12.706), (0.95, 2, 4.303), (0.95, 3, 3.182), (0.95, 6, 2.447), (0.95, 29, 2.045), (0.99, 3, 5.841)],
+)
+def test_student_t_quantile_matches_the_tables(level, df, expected):
+    assert student_t_quantile(level, df) == pytest.approx(expected, abs=5e-4)
+
+
+def test_student_t_quantile_tends_to_the_normal_one():
+    assert student_t_quantile(0.95, 2000) == pytest.approx(1.961, abs=1e-3)
+
+
+def test_t_interval_of_three_values_by_hand():
+    """Mean 2, standard deviation 1: half-width 4.303 / √3."""
+    interval = t_interval([1.0, 2.0, 3.0])
+    assert (interval.mean, interval.low, interval.high) == pytest.approx((2.0, 2 - 2.4843, 2 + 2.4843), abs=1e-3)
+
+
+def test_t_interval_of_one_value_has_no_bounds():
+    interval = t_interval([0.7])
+    assert interval.mean == 0.7 and np.isnan(interval.low) and np.isnan(interval.high)

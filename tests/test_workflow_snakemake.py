@@ -6,6 +6,7 @@ The tree is built once per test run (``snakemake_tree`` in conftest.py); pytest-
 (``--dist loadfile``) runs this file and tests/test_workflow_dvc.py side by side on two workers.
 """
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,25 @@ pytestmark = pytest.mark.e2e
 
 def test_snakemake_produces_every_table_and_figure(snakemake_tree):
     assert_results_complete(snakemake_tree)
+
+
+def test_the_further_baseline_is_another_training_on_its_own_split(snakemake_tree):
+    """sanity.extra_baseline_seeds: [1] trains a baseline with train.seed 1 (its own validation
+    carve-out); the sanity check on it must be told so, or it stops with one line naming the model."""
+    from mapex.prune import load_pruned
+
+    _, meta = load_pruned(snakemake_tree / "work/baselines/seed1/model.pt")
+    assert meta["seed"] == 1 and meta["stage"] == "baseline"
+    histories = [
+        (snakemake_tree / f"{folder}/history.csv").read_text()
+        for folder in ("results/baseline", "results/baselines/seed1")
+    ]
+    assert histories[0] != histories[1]
+    model = "work/baselines/seed1/model.pt"
+    command = ["mapex", "sanity", "--data", "work/data/tiny-imagenet-20", "--model", model, "--out", "x.csv"]
+    wrong = subprocess.run(command, cwd=snakemake_tree, capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and model in wrong.stderr
+    assert not (snakemake_tree / "x.csv").exists()
 
 
 def test_snakemake_killed_during_a_forced_rerun_loses_nothing(snakemake_tree):
@@ -59,6 +79,7 @@ PARAM_CHANGES = {
     "prune.round_to": 4,
     "prune.global": True,
     "sanity.random_draws": 3,
+    "sanity.extra_baseline_seeds": [1, 2],
     "sensitivity.fraction": 0.4,
     "evaluate.latency_reps": 3,
     "samples_study.n_per_class": [1, 2],
@@ -73,7 +94,6 @@ def test_snakemake_and_dvc_rerun_the_same_jobs_after_each_param_change(snakemake
     """The rerun triggers compared, not only the commands: after a change of one param, the jobs
     `snakemake -n` lists are the stages `dvc status` finds changed plus every stage downstream of them."""
     run(["dvc", "commit", "-f"], snakemake_tree)
-    stages = dvc_stage_files(snakemake_tree)
     original = (snakemake_tree / "params.yaml").read_text()
     try:
         for key, value in PARAM_CHANGES.items():
@@ -85,6 +105,7 @@ def test_snakemake_and_dvc_rerun_the_same_jobs_after_each_param_change(snakemake
             assert last in section and section[last] != value, key
             section[last] = value
             (snakemake_tree / "params.yaml").write_text(yaml.safe_dump(params))
+            stages = dvc_stage_files(snakemake_tree)  # a change may add stages (another sanity baseline)
             snake = {
                 _stage_of(job, stages)
                 for job in dry_run_jobs(run(["snakemake", "-n"], snakemake_tree))

@@ -27,7 +27,7 @@ FIGURES = [
     "samples_study",
     "training_curves",
 ]
-TABLES = ["summary", "comparisons", "sanity", "latency"]
+TABLES = ["summary", "comparisons", "sanity", "sanity_baselines", "latency"]
 
 
 def copy_repo(dest: Path) -> Path:
@@ -78,6 +78,11 @@ def assert_results_complete(root: Path) -> pd.DataFrame:
         assert (root / "results/tables" / f"{name}.md").stat().st_size > 100, name
     sanity = pd.read_csv(root / "results/tables/sanity.csv")
     assert set(sanity["criterion"]) == set(params["sanity"]["criteria"])
+    over_baselines = pd.read_csv(root / "results/tables/sanity_baselines.csv")
+    seeds = [params["train"]["seed"], *params["sanity"]["extra_baseline_seeds"]]
+    assert [f"seed {seed}" for seed in seeds] == [c for c in over_baselines.columns if c.startswith("seed ")]
+    assert set(over_baselines["criterion"]) == set(params["sanity"]["criteria"])
+    assert (over_baselines["n_baselines"] == len(seeds)).all() and over_baselines["low"].notna().all()
     for figure in FIGURES:
         for suffix in (".png", ".pdf"):
             assert (root / "results/figures" / f"{figure}{suffix}").stat().st_size > 1000, figure

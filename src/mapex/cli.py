@@ -32,6 +32,10 @@ RESTART: Option = ("--restart", {"action": "store_true", "help": "discard a chec
 HISTORY: Option = ("--history", {"required": True, "help": "per-epoch history CSV to write"})
 METRICS: Option = ("--metrics", {"required": True, "help": "evaluation JSON to write"})
 RUNS: Option = ("--runs", {"required": True, "help": "folder of evaluation files"})
+TRAIN_SEED: Option = (
+    "--train-seed",
+    {"type": int, "default": None, "help": "train.seed of a further baseline (sanity.extra_baseline_seeds)"},
+)
 THREADS: Option = ("--threads", {"type": int, "default": None, "help": "CPU threads for torch (default: all)"})
 ON_MODEL = (PARAMS, DATA, MODEL, OUT, THREADS)
 """The options of a stage that works on the baseline model and the dataset."""
@@ -58,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("--problems", {"help": 'JSON policy per problem kind, e.g. \'{"no-box": "error"}\''}),
         ("--json", {"help": "also write the summary as JSON to this file"}),
     )
-    _add(sub, "train", stages.train, PARAMS, DATA, OUT, THREADS, RESTART, HISTORY, METRICS)
+    _add(sub, "train", stages.train, PARAMS, DATA, OUT, THREADS, RESTART, HISTORY, METRICS, TRAIN_SEED)
     _add(sub, "scores", stages.scores, *ON_MODEL, SEED, TASK, CRITERION)
     ratio = ("--ratio", {"type": float, "required": True})
     scores = ("--scores", {"default": None, "help": "the row's scores file (none for the unpruned row)"})
     _add(sub, "run", stages.run, *ON_MODEL, SEED, TASK, CRITERION, RESTART, ratio, scores, HISTORY, METRICS)
-    for name, stage in (("sanity", stages.sanity), ("sensitivity", stages.sensitivity), ("diagnose", stages.diagnose)):
+    _add(sub, "sanity", stages.sanity, *ON_MODEL, TASK, TRAIN_SEED)
+    for name, stage in (("sensitivity", stages.sensitivity), ("diagnose", stages.diagnose)):
         _add(sub, name, stage, *ON_MODEL, TASK)
     _add(sub, "samples", stages.samples, *ON_MODEL)
     _add(sub, "response-maps", stages.response_maps, *ON_MODEL)

@@ -56,17 +56,29 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
 
 
 def _check_names(params: dict[str, Any], source: str) -> None:
-    """What the schema cannot say: task names are unique, every row resolves to a criterion and options."""
+    """What the schema cannot say: task names are unique, every row resolves to a criterion and options,
+    and no further baseline of the sanity check is the pipeline's own."""
     from mapex.pipeline import check_rows, task_names
 
     names = task_names(params)
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise UserError(f"{source}: data.tasks: task name '{duplicated[0]}' is used twice")
+    seed = params["train"]["seed"]
+    if seed in params["sanity"]["extra_baseline_seeds"]:
+        raise UserError(f"{source}: sanity.extra_baseline_seeds: {seed} is train.seed, the pipeline's own baseline")
     try:
         check_rows(params)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
+
+
+def with_train_seed(params: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """``params`` for the baseline trained with ``train.seed`` = ``seed`` (its own validation carve-out);
+    ``params`` itself when ``seed`` is None."""
+    if seed is None:
+        return params
+    return {**params, "train": {**params["train"], "seed": seed}}
 
 
 def with_defaults(params: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:

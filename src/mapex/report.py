@@ -35,7 +35,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mapex.io import UserError, atomic_path, read_json, write_json, write_text  # noqa: E402
 from mapex.pipeline import FOCUS, MAP_EX_FAMILY, UNPRUNED  # noqa: E402
-from mapex.uncertainty import LEVEL, N_RESAMPLES, RNG_SEED, bootstrap_interval  # noqa: E402
+from mapex.uncertainty import LEVEL, N_RESAMPLES, RNG_SEED, bootstrap_interval, t_interval  # noqa: E402
 
 RANDOM = "random"
 """Row every other row is compared with at the same task and ratio."""
@@ -638,6 +638,91 @@ def sanity_markdown(table: pd.DataFrame) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+_BASELINE_MEASURES = {
+    "margin": "top − random mean: how much better than random the filters it keeps are",
+    "bottom_gap": "random mean − bottom: how much worse than random it is to prune its top-scored filters",
+    "ranked_ratios": "ratios of the study at which it ranks (top > every random draw > bottom)",
+}
+
+
+def sanity_over_baselines(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each row's sanity check on several independently trained baselines, pooled over tasks.
+
+    ``tables`` maps a baseline's label to its :func:`sanity_table`. Per baseline and row: the
+    margin and the bottom gap (points, averaged over the study's ratios) and the number of ratios
+    at which the row ranks. Over the baselines, which are the sample (independent trainings): the
+    mean, its Student's t interval (none with one baseline) and on how many baselines the value is
+    positive. Columns: ``criterion, measure``, one per baseline, ``n_baselines, mean, low, high,
+    positive``.
+    """
+    per_baseline = {label: _sanity_measures(table) for label, table in tables.items()}
+    rows = []
+    for criterion in criterion_order(set().union(*(frame.index for frame in per_baseline.values()))):
+        for measure in _BASELINE_MEASURES:
+            values = {
+                label: frame.at[criterion, measure] for label, frame in per_baseline.items() if criterion in frame.index
+            }
+            interval = t_interval(list(values.values()))
+            rows.append(
+                {
+                    "criterion": criterion,
+                    "measure": measure,
+                    **values,
+                    "n_baselines": len(values),
+                    "mean": interval.mean,
+                    "low": interval.low,
+                    "high": interval.high,
+                    "positive": sum(value > 0 for value in values.values()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _sanity_measures(table: pd.DataFrame) -> pd.DataFrame:
+    """Per row of one baseline's pooled sanity table: mean margin and bottom gap, and the ratios it ranks at."""
+    pooled = table[table["task"] == POOLED]
+    return (
+        pooled.assign(
+            margin=pooled["top_pct"] - pooled["random_mean_pct"],
+            bottom_gap=pooled["random_mean_pct"] - pooled["bottom_pct"],
+            ranked_ratios=pooled["ranks"].astype(int),
+        )
+        .groupby("criterion")
+        .agg(margin=("margin", "mean"), bottom_gap=("bottom_gap", "mean"), ranked_ratios=("ranked_ratios", "sum"))
+    )
+
+
+def sanity_over_baselines_markdown(table: pd.DataFrame) -> str:
+    labels = [
+        c for c in table.columns if c not in ("criterion", "measure", "n_baselines", "mean", "low", "high", "positive")
+    ]
+    lines = [
+        f"The sanity check (pooled over tasks, averaged over its ratios) on {len(labels)} independently trained "
+        f"baseline(s): {', '.join(labels)}. Mean over the baselines with its {LEVEL:.0%} Student's t interval "
+        "(the baselines are the sample; none with one baseline); **positive** = on how many baselines it is above 0."
+    ]
+    lines += [f"- **{measure}**: {meaning}." for measure, meaning in _BASELINE_MEASURES.items()]
+    sections = ["\n".join(lines)]
+    for measure in _BASELINE_MEASURES:
+        part = table[table["measure"] == measure]
+        digits = 0 if measure == "ranked_ratios" else 1
+        cells = pd.DataFrame(
+            {
+                "Criterion": part["criterion"],
+                **{label: [_number(v, digits) for v in part[label]] for label in labels},
+                "Mean": part["mean"].map(lambda v: _number(v, 1)),
+                f"{LEVEL:.0%} interval": [_bracket(lo, hi) for lo, hi in zip(part["low"], part["high"])],
+                "Positive": [f"{p}/{n}" for p, n in zip(part["positive"], part["n_baselines"])],
+            }
+        )
+        sections += [f"### {measure}", markdown_cells(cells)]
+    return "\n\n".join(sections) + "\n"
+
+
+def _bracket(low: float, high: float) -> str:
+    return "—" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
+
+
 # ----------------------------------------------------------------------------- latency table
 
 
@@ -1192,7 +1277,7 @@ def build_report(
     run_paths: Iterable[Path],
     out_dir: Path,
     focus_row: str = FOCUS,
-    sanity_csvs: Sequence[Path] = (),
+    sanity_csvs: Mapping[str, Sequence[Path]] | None = None,
     sensitivity_csvs: Sequence[Path] = (),
     latency_csv: Path | None = None,
     samples_csv: Path | None = None,
@@ -1205,7 +1290,9 @@ def build_report(
 
     Always: ``summary``, ``comparisons`` (CSV + Markdown), ``summary.json`` (for DVC), and the
     figures ``accuracy_vs_ratio``, ``accuracy_vs_macs``, ``filters_per_layer`` and
-    ``paired_differences``. With their inputs: ``sanity`` (table + ``sanity_check`` figure),
+    ``paired_differences``. With their inputs: ``sanity`` (table + ``sanity_check`` figure, from
+    the first baseline of ``sanity_csvs``, which maps each baseline's label to its study CSVs) and
+    ``sanity_baselines`` (:func:`sanity_over_baselines`, from all of them),
     ``latency`` (table), ``layer_sensitivity``, ``samples_study``, ``response_maps`` and
     ``training_curves``. ``focus_row`` names the Map-EX row compared with the best baseline.
     Returns the files written.
@@ -1230,8 +1317,11 @@ def build_report(
     if not comparisons.empty:
         plots["paired_differences"] = lambda stem: plot_paired_differences(comparisons, stem, focus_row)
     if sanity_csvs:
-        sanity = sanity_table(sanity_csvs)
+        by_baseline = {label: sanity_table(csvs) for label, csvs in sanity_csvs.items()}
+        sanity = next(iter(by_baseline.values()))
         written += _write_table(sanity, sanity_markdown(sanity), tables / "sanity")
+        over = sanity_over_baselines(by_baseline)
+        written += _write_table(over, sanity_over_baselines_markdown(over), tables / "sanity_baselines")
         plots["sanity_check"] = lambda stem: plot_sanity_check(sanity, stem, focus_row)
     if latency_csv is not None:
         latency = latency_table(Path(latency_csv), _unpruned_macs(runs))

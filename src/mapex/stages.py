@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mapex import distributed
-from mapex.config import load_params
+from mapex.config import load_params, with_train_seed
 from mapex.io import UserError, read_json, write_json, write_text
 
 log = logging.getLogger("mapex")
@@ -54,7 +54,7 @@ def data_check(path: str, format: str, problems: str | None, json: str | None) -
     return 1 if report.has_errors else 0
 
 
-def train(params: str, data: str, out: str, metrics: str, history: str, restart: bool) -> None:
+def train(params: str, data: str, out: str, metrics: str, history: str, restart: bool, train_seed: int | None) -> None:
     """Train the baseline on all source classes; evaluate it on the source test split."""
     from mapex import experiment
     from mapex.evaluate import evaluate_model
@@ -62,7 +62,7 @@ def train(params: str, data: str, out: str, metrics: str, history: str, restart:
     from mapex.io import seed_everything
     from mapex.models import build_model
 
-    config = load_params(params)
+    config = with_train_seed(load_params(params), train_seed)
     _, task = experiment.load_task(config, data)
     model_params, seed = config["model"], config["train"]["seed"]
     seed_everything(seed)  # the initial weights too
@@ -239,18 +239,21 @@ def save_fitted(model, result, out: Path, history: Path, meta: dict[str, Any]) -
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
 
 
-def sanity(params: str, data: str, model: str, out: str, task: str | None) -> None:
+def sanity(params: str, data: str, model: str, out: str, task: str | None, train_seed: int | None) -> None:
     """Sanity check: top- vs bottom-scored vs random filters kept, before fine-tuning."""
     from mapex import studies
 
-    _write_csv(out, studies.scored_study(params, data, model, task, "sanity", studies.sanity_study))
+    config = with_train_seed(load_params(params), train_seed)
+    _write_csv(out, studies.scored_study(config, data, model, task, "sanity", studies.sanity_study))
 
 
 def sensitivity(params: str, data: str, model: str, out: str, task: str | None) -> None:
     """Per-layer sensitivity: one group pruned at a time, per criterion."""
     from mapex import studies
 
-    _write_csv(out, studies.scored_study(params, data, model, task, "sensitivity", studies.sensitivity_study))
+    _write_csv(
+        out, studies.scored_study(load_params(params), data, model, task, "sensitivity", studies.sensitivity_study)
+    )
 
 
 def diagnose(params: str, data: str, model: str, out: str, task: str | None) -> None:
@@ -345,13 +348,21 @@ def report(
         [Path(runs) / f"{run}.json" for run in run_ids(config)],
         Path(out),
         focus_row=FOCUS,
-        sanity_csvs=[Path(sanity) / f"{task}.csv" for task in tasks] if sanity else [],
+        sanity_csvs=_sanity_csvs(config, Path(sanity), tasks) if sanity else None,
         sensitivity_csvs=[Path(sensitivity) / f"{task}.csv" for task in tasks] if sensitivity else [],
         latency_csv=latency,
         samples_csv=samples,
         response_maps=response_maps,
         history=[history] if history else None,
     )
+
+
+def _sanity_csvs(config: dict[str, Any], folder: Path, tasks: list[str]) -> dict[str, list[Path]]:
+    """The sanity check's CSVs per baseline: the pipeline's own in ``folder``, each further one
+    (``sanity.extra_baseline_seeds``) in ``folder/seed<train.seed>``."""
+    folders = {config["train"]["seed"]: folder}
+    folders.update({seed: folder / f"seed{seed}" for seed in config["sanity"]["extra_baseline_seeds"]})
+    return {f"seed {seed}": [path / f"{task}.csv" for task in tasks] for seed, path in folders.items()}
 
 
 def _write_csv(path: str | Path, table) -> None:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from mapex import experiment
-from mapex.config import load_params
 from mapex.data.task import TaskData
 from mapex.models import conv_layers
 from mapex.pipeline import Row, row
@@ -67,12 +66,11 @@ class _Evaluator:
 
 
 def scored_study(
-    params_file: str | Path, data_dir: str | Path, model_path: str | Path, task_name: str | None, section: str, study
+    params: dict[str, Any], data_dir: str | Path, model_path: str | Path, task_name: str | None, section: str, study
 ) -> pd.DataFrame:
     """``study`` over the rows of ``params[section]``, each scored on the first seed's N samples per class."""
     from mapex.data import balanced_subset
 
-    params = load_params(params_file)
     task_name, task = experiment.load_task(params, data_dir, task_name)
     model = experiment.load_task_model(params, task, model_path)
     on = experiment.device(params)

@@ -27,8 +27,9 @@ is coarse). More seeds, not more resamples, is the remedy.
 
 from __future__ import annotations
 
+import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -111,3 +112,44 @@ def _counts(rng: np.random.Generator, n: int, n_resamples: int) -> np.ndarray:
     """``[n_resamples, n]`` float counts of ``n`` draws with replacement from ``range(n)`` per resample."""
     draws = rng.integers(0, n, size=(n_resamples, n)) + (np.arange(n_resamples) * n)[:, None]
     return np.bincount(draws.ravel(), minlength=n_resamples * n).reshape(n_resamples, n).astype(float)
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean and Student's t interval of independent ``values`` (e.g. one per independently trained
+    baseline); with fewer than two values the bounds are NaN."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return Interval(mean, math.nan, math.nan)
+    half = student_t_quantile(level, len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half)
+
+
+def student_t_quantile(level: float, df: int) -> float:
+    """The ``t`` with P(|T| < t) = ``level`` for Student's t with ``df`` degrees of freedom (the
+    two-sided interval's multiplier: 12.706 for ``df`` 1 at 95 %), by bisection (SciPy is not a dependency)."""
+    low, high = 0.0, 1.0
+    while _t_central_probability(high, df) < level:
+        low, high = high, 2 * high
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _t_central_probability(middle, df) < level else (low, middle)
+    return (low + high) / 2
+
+
+def _t_central_probability(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with integer ``df`` (Abramowitz and Stegun, 26.7.3 and 26.7.4)."""
+    theta = math.atan(t / math.sqrt(df))
+    cos2 = math.cos(theta) ** 2
+    series, term = 1.0, 1.0
+    if df % 2 == 0:  # sin θ (1 + 1/2 cos²θ + 1·3/(2·4) cos⁴θ + … up to cos^(df-2) θ)
+        for k in range(1, df // 2):
+            term *= cos2 * (2 * k - 1) / (2 * k)
+            series += term
+        return math.sin(theta) * series
+    if df == 1:
+        return 2 * theta / math.pi
+    for k in range(1, (df - 1) // 2):  # 2/π (θ + sin θ cos θ (1 + 2/3 cos²θ + … up to cos^(df-3) θ))
+        term *= cos2 * (2 * k) / (2 * k + 1)
+        series += term
+    return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)

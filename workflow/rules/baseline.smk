@@ -23,3 +23,30 @@ rule train_baseline:
     shell:
         "mapex --log {log} train --params {params.file} --data {input} --out {output.model}"
         " --metrics {output.metrics} --history {output.history} --threads {threads}"
+
+
+rule train_extra_baseline:
+    """One more baseline, trained like the first with another train.seed, for the sanity check."""
+    input:
+        DATA,
+    output:
+        model=EXTRA_BASELINE,
+        history=f"{EXTRA_BASELINE_RESULTS}/history.csv",
+        metrics=f"{EXTRA_BASELINE_RESULTS}/metrics.json",
+    conda:
+        "../envs/mapex.yaml"
+    params:
+        file=PARAMS,
+        data=config["data"],
+        model=config["model"],
+        train=config["train"],
+    log:
+        "logs/train_baseline/seed{train_seed}.log",
+    benchmark:
+        "benchmarks/out/train_baseline/seed{train_seed}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=GPU * config["train"]["nproc"],
+    shell:
+        "mapex --log {log} train --params {params.file} --data {input} --out {output.model}"
+        " --metrics {output.metrics} --history {output.history} --threads {threads} --train-seed {wildcards.train_seed}"

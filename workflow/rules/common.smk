@@ -26,6 +26,13 @@ validate(config, "../schemas/params.schema.yaml")
 DATA = f"work/data/{config['data']['name']}"
 BASELINE = "work/baseline/model.pt"
 SCORES = "work/scores/{task}/{criterion}/s{seed}.pt"
+# The sanity check's further baselines (sanity.extra_baseline_seeds), one per train.seed.
+EXTRA_BASELINE = "work/baselines/seed{train_seed}/model.pt"
+EXTRA_BASELINE_RESULTS = "results/baselines/seed{train_seed}"
+EXTRA_SANITY = "results/sanity/seed{train_seed}/{task}.csv"
+# What a sanity job's results depend on in its section: not the list of further baselines, so that
+# adding one runs only that baseline's jobs.
+SANITY_STUDY = {key: value for key, value in config["sanity"].items() if key != "extra_baseline_seeds"}
 TASKS = task_names(config)
 FIRST_SEED = config["seeds"][0]
 # Jobs that compute on the device ask for this much of the `gpu` resource (times `nproc` for the
@@ -60,6 +67,11 @@ def pruning_params(wildcards):
     return {**scoring_params(wildcards), "global": spec.global_ranking, "round_to": config["prune"]["round_to"]}
 
 
+def extra_sanity_files():
+    """The sanity check's CSVs on the further baselines: one per task and extra train.seed."""
+    return expand(EXTRA_SANITY, task=TASKS, train_seed=config["sanity"]["extra_baseline_seeds"])
+
+
 def scores_option(wildcards, input):
     return f"--scores {input.scores}" if input.scores else ""
 
@@ -78,3 +90,4 @@ wildcard_constraints:
     criterion="[a-z0-9][a-z0-9-]*",
     ratio="[0-9.]+",
     seed="[0-9]+",
+    train_seed="[0-9]+",

@@ -3,6 +3,7 @@ rule report:
     input:
         runs=run_files("results/runs", ".json"),
         sanity=expand("results/sanity/{task}.csv", task=TASKS),
+        extra_sanity=extra_sanity_files(),
         sensitivity=expand("results/sensitivity/{task}.csv", task=TASKS),
         latency="results/latency.csv",
         samples="results/samples_study.csv",
@@ -12,6 +13,7 @@ rule report:
         multiext("results/tables/summary", ".csv", ".md", ".json"),
         multiext("results/tables/comparisons", ".csv", ".md"),
         multiext("results/tables/sanity", ".csv", ".md"),
+        multiext("results/tables/sanity_baselines", ".csv", ".md"),
         multiext("results/tables/latency", ".csv", ".md"),
         report(
             multiext("results/figures/accuracy_vs_ratio", ".png", ".pdf"),
@@ -65,6 +67,7 @@ rule report:
         prune=config["prune"],
         seeds=config["seeds"],
         tasks=TASKS,
+        extra_baseline_seeds=config["sanity"]["extra_baseline_seeds"],
     log:
         "logs/report.log",
     threads: 1

@@ -15,7 +15,7 @@ rule sanity:
         variants=config["variants"],
         global_pruning=config["prune"]["global"],
         round_to=config["prune"]["round_to"],
-        sanity=config["sanity"],
+        sanity=SANITY_STUDY,
         seeds=config["seeds"],
     log:
         "logs/sanity/{task}.log",
@@ -27,6 +27,37 @@ rule sanity:
     shell:
         "mapex --log {log} sanity --params {params.file} --data {input.data} --model {input.model}"
         " --task {wildcards.task} --out {output} --threads {threads}"
+
+
+rule sanity_extra_baseline:
+    """The sanity check on a further baseline (sanity.extra_baseline_seeds), on that baseline's validation images."""
+    input:
+        data=DATA,
+        model=EXTRA_BASELINE,
+    output:
+        EXTRA_SANITY,
+    conda:
+        "../envs/mapex.yaml"
+    params:
+        file=PARAMS,
+        data=config["data"],
+        statistics=config["statistics"],
+        criterion_options=config["criterion_options"],
+        variants=config["variants"],
+        global_pruning=config["prune"]["global"],
+        round_to=config["prune"]["round_to"],
+        sanity=SANITY_STUDY,
+        seeds=config["seeds"],
+    log:
+        "logs/sanity/seed{train_seed}/{task}.log",
+    benchmark:
+        "benchmarks/out/sanity/seed{train_seed}/{task}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+    shell:
+        "mapex --log {log} sanity --params {params.file} --data {input.data} --model {input.model}"
+        " --task {wildcards.task} --out {output} --threads {threads} --train-seed {wildcards.train_seed}"
 
 
 rule sensitivity:
