@@ -51,11 +51,11 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
         error = errors[0]
         raise UserError(f"{source}: {_location(error)}: {error.message}")
     params = with_defaults(params, schema)
-    _check_names(params, source)
+    _check_beyond_schema(params, source)
     return params
 
 
-def _check_names(params: dict[str, Any], source: str) -> None:
+def _check_beyond_schema(params: dict[str, Any], source: str) -> None:
     """What the schema cannot say: task names are unique, every row resolves to a criterion and options,
     and no further baseline of the sanity check is the pipeline's own."""
     from mapex.pipeline import check_rows, task_names

@@ -693,9 +693,7 @@ def _sanity_measures(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def sanity_over_baselines_markdown(table: pd.DataFrame) -> str:
-    labels = [
-        c for c in table.columns if c not in ("criterion", "measure", "n_baselines", "mean", "low", "high", "positive")
-    ]
+    labels = list(table.columns[table.columns.get_loc("measure") + 1 : table.columns.get_loc("n_baselines")])
     lines = [
         f"The sanity check (pooled over tasks, averaged over its ratios) on {len(labels)} independently trained "
         f"baseline(s): {', '.join(labels)}. Mean over the baselines with its {LEVEL:.0%} Student's t interval "
