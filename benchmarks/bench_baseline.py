@@ -11,6 +11,8 @@ seed and the ``amp`` param, and is then evaluated on the source test split. Prin
 loop's test top-1 and wall time (training only), and, with ``--baseline`` (the folder of `mapex
 train`'s ``metrics.json`` and ``history.csv``, e.g. ``results/baseline``), the project baseline's
 test top-1 and training time (its history's ``seconds``) and the ratio of the two training times.
+With ``--with-validation-images`` the plain loop trains on all of the source's training images
+(the validation carve-out too), as a 60-line loop without a validation split would.
 The two runs differ in their random draws (batch order, crops), so read the accuracies to about
 ±1.5 points (the binomial standard error on 1,000 test images, before seed-to-seed variation).
 """
