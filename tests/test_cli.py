@@ -12,6 +12,7 @@ from mapex.config import load_params
 from mapex.data.task import load_task_data
 from mapex.io import UserError
 from mapex.prune import load_pruned
+from pipeline_files import tiny_params, working_in, write_csv_dataset
 
 
 def _params(tmp_path: Path, **edits) -> Path:
@@ -368,3 +369,38 @@ def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path, tiny_
         assert first[key] == second[key], key
     weights = [load_pruned(d / "model.pt")[0].state_dict() for d in (whole, killed)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_further_baseline_is_trained_and_checked_on_its_own_split(tmp_path, capsys):
+    """``--train-seed`` (sanity.extra_baseline_seeds) trains with that train.seed, hence on its own
+    validation carve-out; the sanity check on that baseline must be told so, or it stops with one
+    line naming the model and writes nothing."""
+    write_csv_dataset(tmp_path / "data")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    model = ["--data", "data", "--model", "base1.pt"]
+    with working_in(tmp_path):
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    "data",
+                    "--out",
+                    "base1.pt",
+                    "--metrics",
+                    "m.json",
+                    "--history",
+                    "h.csv",
+                    "--train-seed",
+                    "1",
+                ]
+            )
+            == 0
+        )
+        capsys.readouterr()
+        assert main(["sanity", *model, "--out", "wrong.csv"]) == 2
+        error = capsys.readouterr().err
+        assert main(["sanity", *model, "--out", "s1.csv", "--train-seed", "1"]) == 0
+    assert load_pruned(tmp_path / "base1.pt")[1]["seed"] == 1
+    assert error.count("\n") == 1 and "base1.pt" in error and "Traceback" not in error
+    assert not (tmp_path / "wrong.csv").exists() and (tmp_path / "s1.csv").stat().st_size > 0

@@ -182,3 +182,15 @@ def test_slurm_profile_gives_the_baseline_and_the_runs_their_nproc_gpus(tmp_path
     jobs = _dry_run_jobs("--workflow-profile", "workflow/profiles/slurm", "--configfile", str(config))
     gpus = {job["rule"]: dict(item.split("=", 1) for item in job["resources"].split(", ")).get("gpu") for job in jobs}
     assert (gpus["train_baseline"], gpus["run"], gpus["scores"]) == ("8", "2", "1")
+
+
+def test_the_report_reads_each_baselines_sanity_csvs_where_the_sanity_jobs_write_them():
+    from mapex.pipeline import task_names
+    from mapex.stages import _sanity_csvs
+
+    params = load_params(REPO / "config/ci.yaml")
+    jobs = _dry_run_jobs("--configfile", "config/ci.yaml")
+    written = {path for job in jobs if job["rule"].startswith("sanity") for path in job["output"].split(", ")}
+    per_baseline = _sanity_csvs(params, Path("results/sanity"), task_names(params))
+    assert list(per_baseline) == ["seed 0", "seed 1"]
+    assert {str(path) for paths in per_baseline.values() for path in paths} == written

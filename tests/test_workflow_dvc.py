@@ -1,10 +1,9 @@
 """End to end through DVC: `dvc repro` from scratch gives the numbers Snakemake gives; a kill,
 `dvc exp run`, push and pull, and an added ratio rerun only what they should.
 
-DVC runs the CI config with fewer rows (``DVC_ROWS``) than Snakemake, and without its further
-sanity baseline (``DVC_SANITY``: the default, one baseline): that every row's and every further
-baseline's stage runs the command and reads and writes the files of its Snakemake rule is checked
-for both configs by tests/test_pipeline.py; here, that what DVC computes is Snakemake's, byte for byte.
+DVC runs the CI config with fewer rows (``DVC_ROWS``) than Snakemake: that every row's stage runs
+the command and reads and writes the files of its Snakemake rule is checked for every row of both
+configs by tests/test_pipeline.py; here, that what DVC computes is Snakemake's, byte for byte.
 Runs beside tests/test_workflow_snakemake.py under pytest-xdist (``--dist loadfile``); the one test
 that needs the Snakemake tree reads its files as they were right after its build.
 """
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from workflow_trees import (
+    ONE_BASELINE,
     assert_results_complete,
     copy_repo,
     kill_mid_run,
@@ -29,12 +29,11 @@ from workflow_trees import (
 
 pytestmark = pytest.mark.e2e
 DVC_ROWS = {"criteria": ["map-ex", "l1-global"], "ratios": [0.3]}  # and the unpruned row
-DVC_SANITY = {"extra_baseline_seeds": []}
 
 
 @pytest.fixture(scope="module")
 def dvc_tree(tmp_path_factory) -> Path:
-    root = with_params(copy_repo(tmp_path_factory.mktemp("dvc")), prune=DVC_ROWS, sanity=DVC_SANITY)
+    root = with_params(copy_repo(tmp_path_factory.mktemp("dvc")), prune=DVC_ROWS, sanity=ONE_BASELINE)
     run(["dvc", "repro"], root)
     return root
 

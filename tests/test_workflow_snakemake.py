@@ -6,7 +6,6 @@ The tree is built once per test run (``snakemake_tree`` in conftest.py); pytest-
 (``--dist loadfile``) runs this file and tests/test_workflow_dvc.py side by side on two workers.
 """
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,25 +20,6 @@ pytestmark = pytest.mark.e2e
 
 def test_snakemake_produces_every_table_and_figure(snakemake_tree):
     assert_results_complete(snakemake_tree)
-
-
-def test_the_further_baseline_is_another_training_on_its_own_split(snakemake_tree):
-    """sanity.extra_baseline_seeds: [1] trains a baseline with train.seed 1 (its own validation
-    carve-out); the sanity check on it must be told so, or it stops with one line naming the model."""
-    from mapex.prune import load_pruned
-
-    _, meta = load_pruned(snakemake_tree / "work/baselines/seed1/model.pt")
-    assert meta["seed"] == 1 and meta["stage"] == "baseline"
-    histories = [
-        (snakemake_tree / f"{folder}/history.csv").read_text()
-        for folder in ("results/baseline", "results/baselines/seed1")
-    ]
-    assert histories[0] != histories[1]
-    model = "work/baselines/seed1/model.pt"
-    command = ["mapex", "sanity", "--data", "work/data/tiny-imagenet-20", "--model", model, "--out", "x.csv"]
-    wrong = subprocess.run(command, cwd=snakemake_tree, capture_output=True, text=True)
-    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and model in wrong.stderr
-    assert not (snakemake_tree / "x.csv").exists()
 
 
 def test_snakemake_killed_during_a_forced_rerun_loses_nothing(snakemake_tree):
