@@ -10,9 +10,7 @@ rule train_baseline:
         "../envs/mapex.yaml"
     params:
         file=PARAMS,
-        data=config["data"],
-        model=config["model"],
-        train=config["train"],
+        **TRAINING_PARAMS,
     log:
         "logs/train_baseline.log",
     benchmark:
@@ -37,9 +35,7 @@ rule train_extra_baseline:
         "../envs/mapex.yaml"
     params:
         file=PARAMS,
-        data=config["data"],
-        model=config["model"],
-        train=config["train"],
+        **TRAINING_PARAMS,
     log:
         "logs/train_baseline/seed{train_seed}.log",
     benchmark:

@@ -30,9 +30,20 @@ SCORES = "work/scores/{task}/{criterion}/s{seed}.pt"
 EXTRA_BASELINE = "work/baselines/seed{train_seed}/model.pt"
 EXTRA_BASELINE_RESULTS = "results/baselines/seed{train_seed}"
 EXTRA_SANITY = "results/sanity/seed{train_seed}/{task}.csv"
-# What a sanity job's results depend on in its section: not the list of further baselines, so that
-# adding one runs only that baseline's jobs.
-SANITY_STUDY = {key: value for key, value in config["sanity"].items() if key != "extra_baseline_seeds"}
+# The params a baseline's training depends on: the pipeline's own and each further one.
+TRAINING_PARAMS = {"data": config["data"], "model": config["model"], "train": config["train"]}
+# The params a sanity job's results depend on; of its section, not the list of further baselines,
+# so that adding one runs only that baseline's jobs.
+SANITY_PARAMS = {
+    "data": config["data"],
+    "statistics": config["statistics"],
+    "criterion_options": config["criterion_options"],
+    "variants": config["variants"],
+    "global_pruning": config["prune"]["global"],
+    "round_to": config["prune"]["round_to"],
+    "sanity": {key: value for key, value in config["sanity"].items() if key != "extra_baseline_seeds"},
+    "seeds": config["seeds"],
+}
 TASKS = task_names(config)
 FIRST_SEED = config["seeds"][0]
 # Jobs that compute on the device ask for this much of the `gpu` resource (times `nproc` for the

@@ -9,14 +9,7 @@ rule sanity:
         "../envs/mapex.yaml"
     params:
         file=PARAMS,
-        data=config["data"],
-        statistics=config["statistics"],
-        criterion_options=config["criterion_options"],
-        variants=config["variants"],
-        global_pruning=config["prune"]["global"],
-        round_to=config["prune"]["round_to"],
-        sanity=SANITY_STUDY,
-        seeds=config["seeds"],
+        **SANITY_PARAMS,
     log:
         "logs/sanity/{task}.log",
     benchmark:
@@ -40,14 +33,7 @@ rule sanity_extra_baseline:
         "../envs/mapex.yaml"
     params:
         file=PARAMS,
-        data=config["data"],
-        statistics=config["statistics"],
-        criterion_options=config["criterion_options"],
-        variants=config["variants"],
-        global_pruning=config["prune"]["global"],
-        round_to=config["prune"]["round_to"],
-        sanity=SANITY_STUDY,
-        seeds=config["seeds"],
+        **SANITY_PARAMS,
     log:
         "logs/sanity/seed{train_seed}/{task}.log",
     benchmark:
