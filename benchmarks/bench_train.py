@@ -4,7 +4,8 @@
     python benchmarks/bench_train.py --data work/data/tiny-imagenet-20 --steps 400 --block 20 --device cuda
     python benchmarks/bench_train.py --data work/data/tiny-imagenet-20 --device cuda --amp --workers 8
 
-Project: ``mapex.data.make_loader`` (cached, augmented batches) feeding the epoch loop that
+Project: ``mapex.data.make_loader`` as the pipeline's training makes it (cached, augmented batches
+without boxes; on a GPU, kept and made there, in the training process) feeding the epoch loop that
 ``mapex.train.fit`` runs (``_train_one_epoch``: SGD with Nesterov momentum, one-cycle schedule,
 label smoothing, channels-last on the CPU, the loss checks and running metrics). Plain: about 60
 lines below: the same images decoded once into a uint8 tensor (on the device), per batch a random
@@ -18,7 +19,8 @@ the ratio of CPU times, less disturbed by other processes), and the plain loop's
 one 9,000-image epoch (extrapolated from its median step), by which the project's wall times are
 normalised, and both loops' images per second. ``--amp`` runs both under the autocast of the
 ``amp`` param (bfloat16 on CUDA and on a CPU with bfloat16 units); ``--workers`` is the project
-loader's ``workers`` param (the plain loop needs none: its images are on the device).
+loader's ``workers`` param, used where its batches are made on the CPU (the plain loop needs none:
+its images are on the device).
 """
 
 from __future__ import annotations
@@ -117,7 +119,15 @@ class ProjectLoop:
         workers: int,
     ) -> None:
         self.loader = make_loader(
-            index, size, train=True, batch_size=config.batch_size, seed=seed, cache=True, num_workers=workers
+            index,
+            size,
+            train=True,
+            batch_size=config.batch_size,
+            seed=seed,
+            cache=True,
+            num_workers=workers,
+            boxes=False,
+            device=device,
         )
         torch.manual_seed(seed)
         self.model = build_model("resnet18", len(index.classes), stem="imagenet")
@@ -128,20 +138,24 @@ class ProjectLoop:
         self.device, self.epoch, self.amp = device, 0, amp
 
     def steps(self, count: int) -> None:
-        self.epoch += 1
-        _train_one_epoch(
-            self.model,
-            self.loader,
-            self.optimizer,
-            self.scheduler,
-            self.criterion,
-            count,
-            self.device,
-            self.epoch,
-            Path("unused-checkpoint"),
-            progress=False,
-            amp=self.amp,
-        )
+        """``count`` steps, in passes over the loader (a new epoch each, as in training) of at most its length."""
+        while count > 0:
+            chunk = min(count, len(self.loader))
+            self.epoch += 1
+            _train_one_epoch(
+                self.model,
+                self.loader,
+                self.optimizer,
+                self.scheduler,
+                self.criterion,
+                chunk,
+                self.device,
+                self.epoch,
+                Path("unused-checkpoint"),
+                progress=False,
+                amp=self.amp,
+            )
+            count -= chunk
 
 
 def decode_all(index, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,18 +198,21 @@ def main() -> None:
     config = TrainConfig(batch_size=args.batch_size)
     rounds = max(1, args.steps // (2 * args.block))
     total_steps = (rounds + 1) * args.block
-    loops = {
-        "project": ProjectLoop(index, args.size, config, total_steps, device, args.seed, args.amp, args.workers).steps,
-        "plain": PlainLoop(*decode_all(index, args.size), config, total_steps, device, args.seed, args.amp).steps,
-    }
+    project = ProjectLoop(index, args.size, config, total_steps, device, args.seed, args.amp, args.workers)
+    plain = PlainLoop(*decode_all(index, args.size), config, total_steps, device, args.seed, args.amp)
+    loops = {"project": project.steps, "plain": plain.steps}
     for loop in loops.values():
         seconds_per_step(loop, args.block, device)  # warm-up: allocator, thread pool, oneDNN kernels
     print(
         f"resnet18 (imagenet stem), {len(index)} images of {args.size}x{args.size}, batch {args.batch_size}, "
-        f"{device}, {torch.get_num_threads()} threads, amp {args.amp}, {args.workers} workers, "
+        f"{device}, {torch.get_num_threads()} threads, amp {args.amp}, project batches made on "
+        f"{project.loader.dataset.device} ({project.loader.num_workers} workers), "
         f"{rounds} rounds of {args.block} steps each"
     )
     times = alternate(loops, rounds, args.block, device)
+    steps_taken = (project.scheduler.last_epoch, plain.scheduler.last_epoch)
+    if steps_taken != (total_steps, total_steps):
+        raise SystemExit(f"the loops took {steps_taken} optimiser steps (project, plain), not {total_steps} each")
     summarise(times, args.batch_size)
 
 

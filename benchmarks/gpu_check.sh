@@ -3,14 +3,15 @@
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]
 #
-# 1. the baseline (`mapex train`, 12 epochs) with amp (bfloat16), DataLoader workers and pinned
-#    memory, then one Map-EX scoring pass (`mapex scores`) and one run (`mapex run`: prune at 0.5,
-#    fine-tune, evaluate) from it: the pipeline's GPU path, timed;
-# 2. images per second, project against a plain loop, side by side (bench_train with and without
-#    amp; bench_statistics with amp);
+# 1. images per second, project against a plain loop, side by side (bench_train with and without
+#    amp, 7,680 images: passes of 60 steps, about an epoch, as training restarts its loader once an epoch);
+# 2. the baseline (`mapex train`, 12 epochs) with amp (bfloat16): the pipeline's GPU path, timed,
+#    then the plain loop's 12 epochs on the same images and params (bench_baseline: test top-1 and
+#    training time of both); then one Map-EX scoring pass (`mapex scores`) and one run (`mapex run`:
+#    prune at 0.5, fine-tune, evaluate) from the baseline; bench_statistics with amp;
 # 3. the tests that take a CUDA path (the rest skip or run on the CPU).
 #
-# Logs (8 files) go to OUT_DIR (default $OUT, else work/gpu-check). Wheels in .whl/ (packages the machine
+# Logs (7 files) go to OUT_DIR (default $OUT, else work/gpu-check). Wheels in .whl/ (packages the machine
 # lacks: torch-pruning, jsonschema and its dependencies) are installed first, if present.
 set -uo pipefail
 out=${1:-${OUT:-work/gpu-check}}
@@ -44,26 +45,28 @@ params.update(device="cuda", amp=True, workers=int(sys.argv[1]))
 yaml.safe_dump(params, open("work/gpu/params.yaml", "w"), sort_keys=False)
 EOF
 
-step "1. the pipeline's GPU path (amp, $workers workers)"
+step "1. images per second, project vs plain"
+for amp in --amp ""; do
+    timed timeout 90 python3 benchmarks/bench_train.py --data $data --device cuda --images 7680 --steps 1200 --block 60 $amp \
+        --workers "$workers" 2>&1 | tee -a "$out/bench.log" | tail -5
+done
+
+step "2. the pipeline's GPU path (amp, $workers workers where batches are made on the CPU)"
 mapex 240 --log "$out/mapex.log" train --params work/gpu/params.yaml --data $data \
-    --out work/gpu/baseline.pt --metrics "$out/baseline.json" --history "$out/baseline.csv"
-brief "$out/baseline.json"
+    --out work/gpu/baseline.pt --metrics "$out/baseline/metrics.json" --history "$out/baseline/history.csv"
+brief "$out/baseline/metrics.json"
+timed timeout 120 python3 benchmarks/bench_baseline.py --data $data --params work/gpu/params.yaml \
+    --baseline "$out/baseline" 2>&1 | tee -a "$out/bench.log" | tail -2
 mapex 60 --log "$out/mapex.log" scores --params work/gpu/params.yaml --data $data \
     --model work/gpu/baseline.pt --task balls-bugs --criterion map-ex --seed 0 --out work/gpu/scores.pt
 mapex 90 --log "$out/mapex.log" run --params work/gpu/params.yaml --data $data \
     --model work/gpu/baseline.pt --task balls-bugs --criterion map-ex --ratio 0.5 --seed 0 \
-    --scores work/gpu/scores.pt --out work/gpu/run.pt --history "$out/run.csv" --metrics "$out/run.json"
+    --scores work/gpu/scores.pt --out work/gpu/run.pt --history work/gpu/run.csv --metrics "$out/run.json"
 brief "$out/run.json"
-
-step "2. images per second, project vs plain"
-timed timeout 90 python3 benchmarks/bench_train.py --data $data --device cuda --steps 400 --block 20 --amp \
-    --workers "$workers" 2>&1 | tee -a "$out/bench.log" | tail -4
-timed timeout 90 python3 benchmarks/bench_train.py --data $data --device cuda --steps 400 --block 20 \
-    --workers "$workers" 2>&1 | tee -a "$out/bench.log" | tail -4
 timed timeout 60 python3 benchmarks/bench_statistics.py --data $data --images 2560 --batch-size 256 \
     --device cuda --amp 2>&1 | tee -a "$out/bench.log" | tail -4
 
 step "3. the tests with a CUDA path"
 timed timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_statistics.py::test_variants_on_cuda_agree_with_cpu tests/test_io.py \
-    tests/test_evaluate.py 2>&1 | tee "$out/pytest.log" | tail -4
+    tests/test_evaluate.py tests/test_data.py 2>&1 | tee "$out/pytest.log" | tail -4
 step done

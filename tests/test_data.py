@@ -29,6 +29,7 @@ from mapex.data import (
     stratified_split,
     train_transform,
 )
+from mapex.data.dataset import _fits_on
 from mapex.data.fetch import MARKER
 from mapex.data.formats import ProblemLog, ProblemPolicy
 from mapex.data.registry import FORMATS, get_format
@@ -568,3 +569,50 @@ def test_loader_resizes_images_of_any_size_and_boxes_stay_on_their_pixels(tmp_pa
         assert_boxes_on_drawn_pixels(images, boxes)
     if not train:
         assert [b.tolist() for b in boxes] == [[[2, 3, 10, 20]], [[4, 4, 20, 20]], [[4, 4, 16, 20]]]
+
+
+def test_a_loader_without_boxes_gives_the_same_images_and_labels(noisy_index: BoxIndex) -> None:
+    with_boxes = epoch(make_loader(noisy_index, 24, train=True, batch_size=5, seed=7, cache=True))
+    without = epoch(make_loader(noisy_index, 24, train=True, batch_size=5, seed=7, cache=True, boxes=False))
+    assert all(len(batch) == 2 for batch in without)
+    assert same_batches([(*batch, []) for batch in without], [(*batch[:2], []) for batch in with_boxes])
+
+
+def test_cached_images_stay_on_the_cpu_unless_they_fit_a_quarter_of_the_gpus_free_memory(monkeypatch) -> None:
+    pixels = torch.zeros(10, 8, 8, 3, dtype=torch.uint8)  # 1,920 bytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 1920, 10**9))
+    assert _fits_on(torch.device("cuda"), pixels)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 1920 - 1, 10**9))
+    assert not _fits_on(torch.device("cuda"), pixels)
+    assert not _fits_on(torch.device("cpu"), pixels)
+
+
+def test_a_loader_on_the_cpu_device_keeps_its_workers(noisy_index: BoxIndex) -> None:
+    loader = make_loader(
+        noisy_index, 24, train=True, batch_size=5, seed=7, cache=True, num_workers=2, device=torch.device("cpu")
+    )
+    assert loader.dataset.device.type == "cpu" and loader.num_workers == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("train", [True, False])
+def test_batches_made_on_the_gpu_are_those_made_on_the_cpu(noisy_index: BoxIndex, train: bool) -> None:
+    """Cached on the GPU, the batches come from there, with no workers, and hold the CPU's pixels and labels."""
+    on_cpu = make_loader(noisy_index, 24, train=train, batch_size=5, seed=7, cache=True, boxes=False)
+    on_gpu = make_loader(
+        noisy_index,
+        24,
+        train=train,
+        batch_size=5,
+        seed=7,
+        cache=True,
+        boxes=False,
+        num_workers=2,
+        device=torch.device("cuda"),
+    )
+    assert on_gpu.dataset.device.type == "cuda" and on_gpu.num_workers == 0
+    for _ in range(2):
+        gpu_batches = epoch(on_gpu)
+        assert all(images.is_cuda and labels.is_cuda for images, labels in gpu_batches)
+        cpu_batches = [(images.cpu(), labels.cpu(), []) for images, labels in gpu_batches]
+        assert same_batches(cpu_batches, [(*batch, []) for batch in epoch(on_cpu)])

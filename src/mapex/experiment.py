@@ -70,9 +70,19 @@ def input_size(params: dict[str, Any]) -> tuple[int, int]:
     return (size, size)
 
 
-def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int, seed: int, world=None):
+def loader(
+    params: dict[str, Any],
+    index: BoxIndex,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    world=None,
+    on: torch.device | None = None,
+    boxes: bool = True,
+):
     """The project's loader over ``index`` (augmented and shuffled if ``train``); with a ``world``
-    (:class:`mapex.distributed.World`) of several processes, this process's share of each batch."""
+    (:class:`mapex.distributed.World`) of several processes, this process's share of each batch.
+    ``on`` a GPU: the images are kept and the batches made there (:func:`mapex.data.make_loader`)."""
     from mapex.data import make_loader
 
     return make_loader(
@@ -85,6 +95,8 @@ def loader(params: dict[str, Any], index: BoxIndex, train: bool, batch_size: int
         cache=True,
         rank=world.rank if world else 0,
         world=world.size if world else 1,
+        boxes=boxes,
+        device=on,
     )
 
 
@@ -187,8 +199,8 @@ def fit_model(
     world = distributed.current()
     if config.batch_size % world.size:
         raise UserError(f"batch_size {config.batch_size} is not a multiple of nproc {world.size}")
-    train_loader = loader(params, train_index, True, config.batch_size, seed, world)
-    val_loader = loader(params, val_index, False, config.batch_size, seed, world)
+    train_loader = loader(params, train_index, True, config.batch_size, seed, world, on, boxes=False)
+    val_loader = loader(params, val_index, False, config.batch_size, seed, world, on, boxes=False)
     return fit(
         model,
         train_loader,

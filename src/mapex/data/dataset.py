@@ -4,6 +4,12 @@ Speed: every image is decoded and resized once (with ``cache=True``, all of them
 one uint8 tensor: 3 bytes a pixel, about 110 MB for 9,000 64×64 images, shared by forked loader
 workers), and augmentation and normalisation run on whole batches (:class:`BatchTransform`).
 A dataset key is a whole batch, ``(positions, seed)``, so the loader fetches one key per batch.
+On a GPU (``device``), the cached images and labels live on it and each batch is cropped,
+flipped and normalised there, in the loading process: no workers, no pinned copies, no per-batch
+transfer of the images. A training loop at 64 px is bound by the CPU that launches its kernels,
+and worker batches (shared-memory tensors received and pinned by threads of that process) slowed
+it by a third on an H100 (``benchmarks/bench_train.py``). Batches without boxes (``boxes=False``,
+what training needs) spare the per-image box tensors.
 
 Reproducibility: the sampler yields batch keys drawn from ``(loader seed, epoch)`` alone and a
 batch's augmentation is a function of its key's seed alone (the global RNG is untouched). Batches
@@ -36,7 +42,11 @@ from mapex.io import UserError
 
 BatchKey = tuple[list[int], int] | tuple[list[int], int, int, int]
 """``(positions, seed)`` of a whole batch, or ``(positions, seed, rank, world)`` for one process's share."""
-Batch = tuple[Tensor, Tensor, list[Tensor]]
+Batch = tuple[Tensor, Tensor, list[Tensor]] | tuple[Tensor, Tensor]
+"""``(images, labels, boxes)``, or ``(images, labels)`` from a dataset made with ``boxes=False``."""
+
+DEVICE_SHARE = 0.25
+"""The largest share of a GPU's free memory that cached images may take there (else they stay in RAM)."""
 
 
 class BoxDataset(Dataset):
@@ -45,13 +55,28 @@ class BoxDataset(Dataset):
     ``dataset[(positions, seed)]`` is the batch of those samples, boxes in the transformed
     images' pixels, ``S`` the transform's size; ``len(dataset)`` counts samples. ``cache=True``
     decodes every image here; otherwise each batch decodes its images (the same pixels, slower).
+    ``boxes=False``: batches ``(images, labels)``. ``device``: where the cached images are kept and
+    batches made (:attr:`device`; the CPU when they would take more than :data:`DEVICE_SHARE` of
+    its free memory); boxes stay on the CPU.
     """
 
-    def __init__(self, index: BoxIndex, transform: BatchTransform, cache: bool = False) -> None:
+    def __init__(
+        self,
+        index: BoxIndex,
+        transform: BatchTransform,
+        cache: bool = False,
+        boxes: bool = True,
+        device: torch.device | None = None,
+    ) -> None:
         self.index = index
         self.transform = transform
+        self.with_boxes = boxes
+        self.device = torch.device("cpu")
         self._labels = torch.tensor([sample.label for sample in index.samples], dtype=torch.long)
         self._cached = _load_all(index.samples, transform.size) if cache else None
+        if self._cached is not None and device is not None and _fits_on(device, self._cached[0]):
+            self.device, self._labels = device, self._labels.to(device)
+            self._cached = (self._cached[0].to(device), self._cached[1])
 
     def __len__(self) -> int:
         return len(self.index.samples)
@@ -59,16 +84,29 @@ class BoxDataset(Dataset):
     def __getitem__(self, key: BatchKey) -> Batch:
         positions, seed, rank, world = key if len(key) == 4 else (*key, 0, 1)
         mine = positions[rank::world]
-        pixels, boxes = self._pixels_and_boxes(mine)
-        # ``pixels`` is [B,S,S,3]: its [B,3,S,S] view is channels-last, the CPU models' memory format.
-        images, boxes = self.transform(pixels.permute(0, 3, 1, 2), boxes, seed, (rank, world, len(positions)))
-        return images, self._labels[mine], boxes
+        # From pageable memory: a staged copy that does not wait for the device's queue.
+        chosen = torch.tensor(mine, dtype=torch.long).to(self.device, non_blocking=True)
+        pixels, boxes = self._pixels_and_boxes(mine, chosen)
+        # ``pixels`` is [B,S,S,3]: its [B,3,S,S] view is channels-last, the models' memory format.
+        images, boxes = self.transform(
+            pixels.permute(0, 3, 1, 2), boxes if self.with_boxes else None, seed, (rank, world, len(positions))
+        )
+        return (images, self._labels[chosen], boxes) if self.with_boxes else (images, self._labels[chosen])
 
-    def _pixels_and_boxes(self, positions: list[int]) -> tuple[Tensor, list[Tensor]]:
+    def _pixels_and_boxes(self, positions: list[int], chosen: Tensor) -> tuple[Tensor, list[Tensor]]:
         if self._cached is None:
             return _load_all([self.index.samples[p] for p in positions], self.transform.size)
         pixels, boxes = self._cached
-        return pixels[positions], [boxes[p] for p in positions]
+        return pixels[chosen], [boxes[p] for p in positions]
+
+
+def _fits_on(device: torch.device, pixels: Tensor) -> bool:
+    """Whether ``pixels`` may be kept on ``device``: never on the CPU's behalf (nothing to move), on
+    CUDA within :data:`DEVICE_SHARE` of its free memory, on MPS (memory shared with the CPU) always."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return pixels.nbytes <= DEVICE_SHARE * free
+    return device.type == "mps"
 
 
 def _load_all(samples: list[BoxSample], size: int) -> tuple[Tensor, list[Tensor]]:
@@ -158,12 +196,19 @@ def make_loader(
     cache: bool = False,
     rank: int = 0,
     world: int = 1,
+    boxes: bool = True,
+    device: torch.device | None = None,
 ) -> DataLoader:
     """A loader of ``(images, labels, boxes)`` batches: shuffled and augmented if ``train``, else in index order.
 
-    With ``world`` > 1, this process's share (``rank``) of each global batch of ``batch_size``."""
-    dataset = BoxDataset(index, train_transform(size) if train else eval_transform(size), cache=cache)
+    With ``world`` > 1, this process's share (``rank``) of each global batch of ``batch_size``.
+    ``boxes=False``: ``(images, labels)`` batches. ``device`` (with ``cache``): batches made on it
+    where the images fit (see :class:`BoxDataset`), in this process (``num_workers`` unused)."""
+    transform = train_transform(size) if train else eval_transform(size)
+    dataset = BoxDataset(index, transform, cache=cache, boxes=boxes, device=device)
     sampler = SeededBatchSampler(len(dataset), batch_size, train, seed, drop_last, rank, world)
+    on_cpu = dataset.device.type == "cpu"
+    num_workers = num_workers if on_cpu else 0
     return DataLoader(
         dataset,
         batch_size=None,  # the sampler's keys are whole batches
@@ -171,7 +216,7 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=_already_batched,
         persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=on_cpu and torch.cuda.is_available(),
         # Worker base seeds come from the loader's own generator, which keeps the global RNG untouched.
         generator=torch.Generator().manual_seed(seed),
     )

@@ -12,6 +12,7 @@ horizontal flip maps ``[x0, x1)`` to ``[W - x1, W - x0)``, a resize by ``f`` map
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -80,36 +81,48 @@ class BatchTransform:
     flip: bool = False
 
     def __call__(
-        self, images: Tensor, boxes: list[Tensor], seed: int, share: tuple[int, int, int] | None = None
-    ) -> tuple[Tensor, list[Tensor]]:
+        self, images: Tensor, boxes: list[Tensor] | None, seed: int, share: tuple[int, int, int] | None = None
+    ) -> tuple[Tensor, list[Tensor] | None]:
         """``share`` = ``(rank, world, batch)``: ``images`` are images ``rank, rank + world, ...`` of a
-        batch of ``batch`` images, and get the draws those images get when the whole batch is transformed."""
+        batch of ``batch`` images, and get the draws those images get when the whole batch is transformed.
+        ``boxes`` None: images only (returned boxes None). The draws are made on the CPU whatever
+        ``images``' device, so a batch's pixels are the same on every device."""
         if self.padding or self.flip:
             rank, world, count = share or (0, 1, len(images))
             images, boxes = self._augment(
                 images, boxes, torch.Generator().manual_seed(seed), count, slice(rank, None, world)
             )
         images = F.to_dtype(images, torch.float32, scale=True)
-        return F.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD), inplace=True), boxes
+        mean, std = _normalisers(images.device)
+        return images.sub_(mean).div_(std), boxes
 
     def _augment(
-        self, images: Tensor, boxes: list[Tensor], generator: torch.Generator, count: int, mine: slice
-    ) -> tuple[Tensor, list[Tensor]]:
+        self, images: Tensor, boxes: list[Tensor] | None, generator: torch.Generator, count: int, mine: slice
+    ) -> tuple[Tensor, list[Tensor] | None]:
         offsets = torch.randint(0, 2 * self.padding + 1, (count, 2), generator=generator)
         flipped = torch.rand(count, generator=generator) < 0.5 if self.flip else torch.zeros(count, dtype=torch.bool)
         offsets, flipped = offsets[mine], flipped[mine]
-        return self._crop_images(images, offsets, flipped), self._crop_boxes(boxes, offsets, flipped)
+        if boxes is not None:
+            boxes = self._crop_boxes(boxes, offsets, flipped)
+        return self._crop_images(images, offsets, flipped), boxes
 
     def _crop_images(self, images: Tensor, offsets: Tensor, flipped: Tensor) -> Tensor:
-        """Each image's window of its zero-padded copy, mirrored where ``flipped``; channels-last throughout."""
+        """Each image's window of its zero-padded copy, mirrored where ``flipped``; channels-last throughout.
+
+        One gather of pixels for the whole batch (as fast as a copy per image on the CPU, and one
+        kernel instead of one per image on a GPU); the pixel positions are worked out on the CPU,
+        where the draws are, and sent in one copy."""
         count, pad, size = len(images), self.padding, self.size
-        padded = images.new_zeros(count, size + 2 * pad, size + 2 * pad, 3)
+        side = size + 2 * pad
+        padded = images.new_zeros(count, side, side, 3)
         padded[:, pad : pad + size, pad : pad + size] = images.permute(0, 2, 3, 1)
-        cropped = torch.empty(count, size, size, 3, dtype=images.dtype)
-        for k, ((x, y), flip) in enumerate(zip(offsets.tolist(), flipped.tolist())):
-            window = padded[k, y : y + size, x : x + size]
-            cropped[k] = window.flip(1) if flip else window
-        return cropped.permute(0, 3, 1, 2)
+        steps = torch.arange(size)
+        rows = (torch.arange(count)[:, None] * side + offsets[:, 1, None] + steps) * side  # [B,S]: row starts
+        columns = torch.where(flipped[:, None], steps.flip(0), steps) + offsets[:, 0, None]  # [B,S]
+        rows, columns = torch.stack([rows, columns]).to(images.device, non_blocking=True)
+        pixels = rows[:, :, None] + columns[:, None, :]  # [B,S,S]: positions in ``padded``'s pixels
+        cropped = padded.view(-1, 3).index_select(0, pixels.view(-1))
+        return cropped.view(count, size, size, 3).permute(0, 3, 1, 2)
 
     def _crop_boxes(self, boxes: list[Tensor], offsets: Tensor, flipped: Tensor) -> list[Tensor]:
         owners = box_owners(boxes)
@@ -118,6 +131,17 @@ class BatchTransform:
         mirrored = torch.stack([self.size - moved[:, 2], moved[:, 1], self.size - moved[:, 0], moved[:, 3]], dim=1)
         moved = torch.where(flipped[owners, None], mirrored, moved)
         return keep_visible_boxes(moved, owners, len(boxes), self.size, self.size)
+
+
+@functools.cache
+def _normalisers(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The mean and std as ``[3,1,1]`` tensors on ``device``, made once: torchvision's ``normalize``
+    builds them per call, a blocking host-to-device copy on a GPU. The same operations (``sub_``,
+    ``div_``) as it, so the same bits."""
+    return tuple(
+        torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
+        for values in (IMAGENET_MEAN, IMAGENET_STD)
+    )
 
 
 def unnormalise(images: Tensor) -> Tensor:
