@@ -101,8 +101,8 @@ class BoxDataset(Dataset):
 
 
 def _fits_on(device: torch.device, pixels: Tensor) -> bool:
-    """Whether ``pixels`` may be kept on ``device``: never on the CPU's behalf (nothing to move), on
-    CUDA within :data:`DEVICE_SHARE` of its free memory, on MPS (memory shared with the CPU) always."""
+    """Whether ``pixels`` should move to ``device``: not to the CPU (they are there), to CUDA if they
+    take at most :data:`DEVICE_SHARE` of its free memory, to MPS (memory shared with the CPU) always."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return pixels.nbytes <= DEVICE_SHARE * free
