@@ -146,8 +146,7 @@ def _normalisers(device: torch.device) -> tuple[Tensor, Tensor]:
 
 def unnormalise(images: Tensor) -> Tensor:
     """Normalised images ``[B,3,H,W]`` back to RGB in [0, 1], for display."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = _normalisers(images.device)
     return (images * std + mean).clamp(0, 1)
 
 
