@@ -444,7 +444,7 @@ TRAIN_BOXES = [(20, 12, 41, 30), (0, 0, 7, 64), (58, 50, 64, 64), (0, 0, 64, 64)
 
 
 def test_train_transform_boxes_cover_exactly_the_visible_drawn_pixels() -> None:
-    transform = train_transform(64)
+    transform = train_transform(64, 4)
     seen = set()
     for seed in range(25):
         out, out_boxes = transform(*drawn_batch(64, TRAIN_BOXES), seed=seed)
@@ -466,7 +466,7 @@ def test_train_transform_flips_half_the_images_onto_their_mirror() -> None:
 
 
 def test_train_transform_depends_on_the_seed_only() -> None:
-    transform = train_transform(64)
+    transform = train_transform(64, 4)
     rng_before = torch.get_rng_state()
     first = transform(*drawn_batch(64, TRAIN_BOXES), seed=3)
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -494,8 +494,8 @@ def test_box_dataset_batches_are_rgb_float_with_boxes(tiny_layout: Path) -> None
     assert images.shape == (2, 3, 64, 64) and images.dtype == torch.float32 and type(images) is torch.Tensor
     assert labels.tolist() == [0, 0] and labels.dtype == torch.long
     assert boxes[0].tolist() == [[0.0, 2.0, 42.0, 62.0]] and type(boxes[0]) is torch.Tensor
-    cached = BoxDataset(index, train_transform(64), cache=True)
-    uncached = BoxDataset(index, train_transform(64))
+    cached = BoxDataset(index, train_transform(64, 4), cache=True)
+    uncached = BoxDataset(index, train_transform(64, 4))
     everything = (list(range(len(index))), 5)
     assert same_batches([cached[everything]], [uncached[everything]])
 

@@ -79,8 +79,10 @@ def loader(
     world=None,
     on: torch.device | None = None,
     boxes: bool = True,
+    crop_padding: int = 4,
 ):
-    """The project's loader over ``index`` (augmented and shuffled if ``train``); with a ``world``
+    """The project's loader over ``index`` (augmented and shuffled if ``train``, cropped with
+    ``crop_padding``); with a ``world``
     (:class:`mapex.distributed.World`) of several processes, this process's share of each batch.
     ``on`` a GPU: the images are kept and the batches made there (:func:`mapex.data.make_loader`)."""
     from mapex.data import make_loader
@@ -97,6 +99,7 @@ def loader(
         world=world.size if world else 1,
         boxes=boxes,
         device=on,
+        crop_padding=crop_padding,
     )
 
 
@@ -199,7 +202,9 @@ def fit_model(
     world = distributed.current()
     if config.batch_size % world.size:
         raise UserError(f"batch_size {config.batch_size} is not a multiple of nproc {world.size}")
-    train_loader = loader(params, train_index, True, config.batch_size, seed, world, on, boxes=False)
+    train_loader = loader(
+        params, train_index, True, config.batch_size, seed, world, on, boxes=False, crop_padding=config.crop_padding
+    )
     val_loader = loader(params, val_index, False, config.batch_size, seed, world, on, boxes=False)
     return fit(
         model,

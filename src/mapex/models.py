@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from mapex.io import UserError
 
@@ -41,8 +41,12 @@ STEMS = ("imagenet", "small")
 IMAGENET_CLASSES = 1000
 
 
-def build_model(arch: str, num_classes: int, stem: str = "imagenet", pretrained: bool = False) -> nn.Module:
-    """A classifier ``arch`` with ``num_classes`` outputs and the given stem (see the module doc)."""
+def build_model(
+    arch: str, num_classes: int, stem: str = "imagenet", pretrained: bool = False, zero_init_residual: bool = False
+) -> nn.Module:
+    """A classifier ``arch`` with ``num_classes`` outputs and the given stem (see the module doc).
+
+    ``zero_init_residual``: fresh residual blocks start as identities (:func:`zero_residual_branches`)."""
     if arch not in ARCHS:
         raise UserError(f"unknown model arch '{arch}'; expected one of {', '.join(ARCHS)}")
     if stem not in STEMS:
@@ -53,11 +57,26 @@ def build_model(arch: str, num_classes: int, stem: str = "imagenet", pretrained:
     if arch in TINY_ARCHS:
         if pretrained:
             raise UserError(f"there are no pretrained weights for {arch}; set pretrained: false")
-        return _TINY_BUILDERS[arch](num_classes, small)
-    model = _torchvision_model(arch, num_classes, pretrained)
-    if small:
-        _SMALL_STEMS[arch](model)
+        model = _TINY_BUILDERS[arch](num_classes, small)
+    else:
+        model = _torchvision_model(arch, num_classes, pretrained)
+        if small:
+            _SMALL_STEMS[arch](model)
+    if zero_init_residual and not pretrained:
+        zero_residual_branches(model)
     return model
+
+
+def zero_residual_branches(model: nn.Module) -> int:
+    """Set the last BatchNorm weight of every ResNet block to 0, so each block starts as its shortcut
+    (Goyal et al., 2017; torchvision's ``zero_init_residual``). Returns the number of blocks."""
+    blocks = 0
+    for module in model.modules():
+        last = {BasicBlock: "bn2", Bottleneck: "bn3"}.get(type(module))
+        if last:
+            nn.init.zeros_(getattr(module, last).weight)
+            blocks += 1
+    return blocks
 
 
 def _torchvision_model(arch: str, num_classes: int, pretrained: bool) -> nn.Module:

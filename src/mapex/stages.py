@@ -67,7 +67,11 @@ def train(params: str, data: str, out: str, metrics: str, history: str, restart:
     model_params, seed = config["model"], config["train"]["seed"]
     seed_everything(seed)  # the initial weights too
     model = build_model(
-        model_params["arch"], len(task.source_classes), stem=model_params["stem"], pretrained=model_params["pretrained"]
+        model_params["arch"],
+        len(task.source_classes),
+        stem=model_params["stem"],
+        pretrained=model_params["pretrained"],
+        zero_init_residual=model_params["zero_init_residual"],
     )
     on = experiment.device(config)
     world = distributed.start(on)

@@ -54,6 +54,9 @@ class TrainConfig:
     ``schedule``: ``onecycle`` (warm-up then annealing) or ``cosine`` (annealing from ``lr`` to 0, no
     warm-up), each a ``train.schedule`` / ``finetune.schedule`` param. Both step once per batch.
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
+    ``crop_padding``: the training images' random-crop padding (:func:`mapex.data.make_loader`).
+    ``norm_weight_decay``: weight decay of the 1-D parameters (normalisation weights and biases, every
+    bias), ``None`` = ``weight_decay``; torchvision's reference training has the same option.
     ``sync_batchnorm``: with several processes, BatchNorm statistics over the whole global batch
     (:mod:`mapex.distributed`). ``amp``: bfloat16 autocast where it is native (:func:`mapex.io.autocast`).
     """
@@ -65,6 +68,8 @@ class TrainConfig:
     momentum: float = 0.9
     label_smoothing: float = 0.1
     schedule: str = "onecycle"
+    crop_padding: int = 4
+    norm_weight_decay: float | None = None
     seed: int = 0
     max_steps_per_epoch: int | None = None
     sync_batchnorm: bool = False
@@ -208,9 +213,19 @@ def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
-    )
+    return torch.optim.SGD(_parameter_groups(model, config), lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """One group with ``weight_decay``, or, with ``norm_weight_decay``, the 1-D parameters in a second."""
+    if config.norm_weight_decay is None:
+        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    flat = [parameter for parameter in model.parameters() if parameter.ndim <= 1]
+    others = [parameter for parameter in model.parameters() if parameter.ndim > 1]
+    return [
+        {"params": others, "weight_decay": config.weight_decay},
+        {"params": flat, "weight_decay": config.norm_weight_decay},
+    ]
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:

@@ -198,13 +198,15 @@ def make_loader(
     world: int = 1,
     boxes: bool = True,
     device: torch.device | None = None,
+    crop_padding: int = 4,
 ) -> DataLoader:
     """A loader of ``(images, labels, boxes)`` batches: shuffled and augmented if ``train``, else in index order.
 
     With ``world`` > 1, this process's share (``rank``) of each global batch of ``batch_size``.
     ``boxes=False``: ``(images, labels)`` batches. ``device`` (with ``cache``): batches made on it
-    where the images fit (see :class:`BoxDataset`), in this process (``num_workers`` unused)."""
-    transform = train_transform(size) if train else eval_transform(size)
+    where the images fit (see :class:`BoxDataset`), in this process (``num_workers`` unused).
+    ``crop_padding``: zero padding of the training crop, pixels each side."""
+    transform = train_transform(size, crop_padding) if train else eval_transform(size)
     dataset = BoxDataset(index, transform, cache=cache, boxes=boxes, device=device)
     sampler = SeededBatchSampler(len(dataset), batch_size, train, seed, drop_last, rank, world)
     on_cpu = dataset.device.type == "cpu"

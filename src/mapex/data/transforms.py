@@ -150,10 +150,9 @@ def unnormalise(images: Tensor) -> Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
-def train_transform(size: int) -> BatchTransform:
-    """Random crop with zero padding of ``size // 16`` (4 px at 64 px, as in the plain reference loop of
-    ``benchmarks/bench_train.py``), random horizontal flip, normalisation."""
-    return BatchTransform(size, padding=size // 16, flip=True)
+def train_transform(size: int, padding: int) -> BatchTransform:
+    """Random crop with zero padding of ``padding`` pixels each side, random horizontal flip, normalisation."""
+    return BatchTransform(size, padding=padding, flip=True)
 
 
 def eval_transform(size: int) -> BatchTransform:
