@@ -4,7 +4,9 @@
         --baseline results/baseline
 
 Is the baseline's accuracy the project's or the recipe's? ``bench_train.py``'s plain loop (the same
-model, optimiser, schedule, loss, batch and augmentation kind, without the project's code) trains
+model, optimiser, schedule, loss, batch and augmentation kind, without the project's code; the
+recipe's keys from ``--params``: crop padding, weight decay of the 1-D parameters, zero-initialised
+residual blocks) trains
 here on exactly the images ``mapex train`` trains on (the source training split after the
 validation images are carved out, from ``--params``), for ``train.epochs`` epochs, with the same
 seed and the ``amp`` param, and is then evaluated on the source test split. Printed: the plain
@@ -77,7 +79,9 @@ def main() -> None:
         val_images, val_labels = decode_all(task.source_val, size)
         train_images, train_labels = torch.cat([train_images, val_images]), torch.cat([train_labels, val_labels])
     steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
-    loop = PlainLoop(train_images, train_labels, config, config.epochs * steps_per_epoch, device, seed, params["amp"])
+    total_steps = config.epochs * steps_per_epoch
+    zero_init = params["model"]["zero_init_residual"]
+    loop = PlainLoop(train_images, train_labels, config, total_steps, device, seed, params["amp"], zero_init)
     started = time.perf_counter()
     loop.steps(config.epochs * steps_per_epoch)
     seconds = time.perf_counter() - started

@@ -9,8 +9,9 @@ without boxes; on a GPU, kept and made there, in the training process) feeding t
 ``mapex.train.fit`` runs (``_train_one_epoch``: SGD with Nesterov momentum, one-cycle schedule,
 label smoothing, channels-last on the CPU, the loss checks and running metrics). Plain: about 60
 lines below: the same images decoded once into a uint8 tensor (on the device), per batch a random
-zero-padded crop (``size // 16``) and horizontal flip per image, normalisation, and the same model
-(torchvision ResNet-18, ImageNet stem), batch size, optimiser, schedule and loss. The two loops
+zero-padded crop (``crop_padding``, 4 px) and horizontal flip per image, normalisation, and the same
+model (torchvision ResNet-18, ImageNet stem), batch size, optimiser, schedule and loss (#11's
+reference recipe: ``TrainConfig``'s defaults but ``batch_size``). The two loops
 run in ONE process, in alternating blocks of ``--block`` steps (the first block of each is a
 warm-up, not counted), so that load from other processes hits both alike. Printed: each block's
 seconds per step (wall clock and process CPU time), the median of each loop, the ratio
@@ -58,20 +59,25 @@ class PlainLoop:
         device: torch.device,
         seed: int,
         amp: bool,
+        zero_init_residual: bool = False,
     ) -> None:
         self.images, self.labels, self.device, self.amp = images.to(device), labels.to(device), device, amp
-        self.batch_size, self.pad = config.batch_size, images.shape[-1] // 16
+        self.batch_size, self.pad = config.batch_size, config.crop_padding
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         torch.manual_seed(seed)
-        self.model = torchvision.models.resnet18(num_classes=int(labels.max()) + 1)
+        self.model = torchvision.models.resnet18(
+            num_classes=int(labels.max()) + 1, zero_init_residual=zero_init_residual
+        )
         self.model.to(device, memory_format=_memory_format(device)).train()
+        weights = [p for p in self.model.parameters() if p.ndim > 1]
+        flat = [p for p in self.model.parameters() if p.ndim <= 1]
+        flat_decay = config.weight_decay if config.norm_weight_decay is None else config.norm_weight_decay
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
+            [{"params": weights, "weight_decay": config.weight_decay}, {"params": flat, "weight_decay": flat_decay}],
             lr=config.lr,
             momentum=config.momentum,
             nesterov=True,
-            weight_decay=config.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=config.lr, total_steps=total_steps)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -128,6 +134,7 @@ class ProjectLoop:
             num_workers=workers,
             boxes=False,
             device=device,
+            crop_padding=config.crop_padding,
         )
         torch.manual_seed(seed)
         self.model = build_model("resnet18", len(index.classes), stem="imagenet")

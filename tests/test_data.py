@@ -578,6 +578,16 @@ def test_a_loader_without_boxes_gives_the_same_images_and_labels(noisy_index: Bo
     assert same_batches([(*batch, []) for batch in without], [(*batch[:2], []) for batch in with_boxes])
 
 
+@pytest.mark.parametrize("crop_padding, unmoved", [(0, True), (8, False)])
+def test_the_training_crop_pads_by_crop_padding(noisy_index: BoxIndex, crop_padding: int, unmoved: bool) -> None:
+    """Without padding a training image is its evaluation image or that image's mirror."""
+    originals = torch.cat([batch[0] for batch in make_loader(noisy_index, 24, False, 12, 0, boxes=False)])
+    candidates = torch.cat([originals, originals.flip(3)])
+    train = make_loader(noisy_index, 24, True, 12, 0, boxes=False, crop_padding=crop_padding)
+    images = torch.cat([batch[0] for batch in train])
+    found = [any(torch.equal(image, candidate) for candidate in candidates) for image in images]
+    assert all(found) if unmoved else not all(found)
+
 def test_cached_images_stay_on_the_cpu_unless_they_fit_a_quarter_of_the_gpus_free_memory(monkeypatch) -> None:
     pixels = torch.zeros(10, 8, 8, 3, dtype=torch.uint8)  # 1,920 bytes
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 1920, 10**9))

@@ -221,3 +221,18 @@ def test_schema_architectures_and_stems_are_the_registered_ones():
     model = load_schema()["properties"]["model"]["properties"]
     assert model["arch"]["enum"] == list(ARCHS)
     assert model["stem"]["enum"] == list(STEMS)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "tiny-resnet"])
+def test_zero_init_residual_blocks_start_as_their_shortcut(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=5, zero_init_residual=True)
+    blocks = [module for module in model.modules() if isinstance(module, torchvision.models.resnet.BasicBlock)]
+    assert blocks
+    for block in blocks:
+        x = torch.randn(2, block.conv1.in_channels, 8, 8)
+        shortcut = block.downsample(x) if block.downsample is not None else x
+        assert torch.equal(block(x), torch.relu(shortcut))
+    torch.manual_seed(0)
+    plain = build_model(arch, num_classes=5)
+    assert all(module.bn2.weight.abs().sum() > 0 for module in plain.modules() if hasattr(module, "bn2"))

@@ -266,3 +266,22 @@ def test_resume_is_exact_with_the_projects_augmenting_loader(tmp_path):
         load_torch(tmp_path / "resumed" / "last.pt")["model"]["inner.6.weight"],
         load_torch(tmp_path / "whole" / "last.pt")["model"]["inner.6.weight"],
     )
+
+
+def test_norm_weight_decay_applies_to_the_1d_parameters_only():
+    """Zero gradients: each parameter moves by its weight decay alone."""
+    model = _model()
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    optimizer = mapex.train._make_optimizer(model, _config(norm_weight_decay=0.0))
+    (0 * model(torch.randn(2, 3, SIDE, SIDE)).sum()).backward()
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        moved = not torch.equal(parameter, before[name])
+        assert moved == (parameter.ndim > 1), name  # the conv and linear weights decay; BN and biases do not
+
+
+def test_without_norm_weight_decay_every_parameter_decays():
+    model = _model()
+    optimizer = mapex.train._make_optimizer(model, _config())
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [5e-4]
+    assert len(optimizer.param_groups[0]["params"]) == len(list(model.parameters()))
