@@ -588,6 +588,7 @@ def test_the_training_crop_pads_by_crop_padding(noisy_index: BoxIndex, crop_padd
     found = [any(torch.equal(image, candidate) for candidate in candidates) for image in images]
     assert all(found) if unmoved else not all(found)
 
+
 def test_cached_images_stay_on_the_cpu_unless_they_fit_a_quarter_of_the_gpus_free_memory(monkeypatch) -> None:
     pixels = torch.zeros(10, 8, 8, 3, dtype=torch.uint8)  # 1,920 bytes
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 1920, 10**9))
