@@ -83,7 +83,7 @@ def main() -> None:
     zero_init = params["model"]["zero_init_residual"]
     loop = PlainLoop(train_images, train_labels, config, total_steps, device, seed, params["amp"], zero_init)
     started = time.perf_counter()
-    loop.steps(config.epochs * steps_per_epoch)
+    loop.steps(total_steps)
     seconds = time.perf_counter() - started
     top1 = plain_top1(loop, *decode_all(task.source_test, size), config.batch_size)
     print(

@@ -67,16 +67,15 @@ def build_model(
     return model
 
 
-def zero_residual_branches(model: nn.Module) -> int:
+_LAST_NORM = {BasicBlock: "bn2", Bottleneck: "bn3"}  # a ResNet block's BatchNorm before the residual add
+
+
+def zero_residual_branches(model: nn.Module) -> None:
     """Set the last BatchNorm weight of every ResNet block to 0, so each block starts as its shortcut
-    (Goyal et al., 2017; torchvision's ``zero_init_residual``). Returns the number of blocks."""
-    blocks = 0
+    (Goyal et al., 2017; torchvision's ``zero_init_residual``)."""
     for module in model.modules():
-        last = {BasicBlock: "bn2", Bottleneck: "bn3"}.get(type(module))
-        if last:
-            nn.init.zeros_(getattr(module, last).weight)
-            blocks += 1
-    return blocks
+        if type(module) in _LAST_NORM:
+            nn.init.zeros_(getattr(module, _LAST_NORM[type(module)]).weight)
 
 
 def _torchvision_model(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
