@@ -10,6 +10,7 @@ import yaml
 
 from conftest import REPO, dry_run_jobs, dvc_stage_files, same_files
 from mapex.config import load_params
+from mapex.data.fetch import MARKER
 from mapex.pipeline import ratio_tag, row, run_ids
 
 CONFIGS = ["params.yaml", "config/ci.yaml"]
@@ -63,9 +64,25 @@ def test_every_rule_and_its_dvc_stage_make_and_read_thesame_files(configfile, tm
         outputs, inputs = (set(job.get(key, "").split(", ")) - {""} for key in ("output", "input"))
         matching = [name for name, (_, outs) in stages.items() if same_files(outputs, outs)]
         assert len(matching) == 1, f"rule {job['rule']} {sorted(outputs)[:2]}: DVC stages {matching}"
-        deps = stages[matching[0]][0]
+        deps = _marker_as_its_folder(stages[matching[0]][0])
         assert same_files(inputs, deps), (job["rule"], sorted(inputs)[:4], sorted(deps))
     assert len(stages) == len(jobs)
+
+
+def _marker_as_its_folder(deps: frozenset[str]) -> frozenset[str]:
+    """A DVC stage reads the fetched dataset through its marker where the rule reads the folder."""
+    return frozenset(dep.removesuffix(f"/{MARKER}") for dep in deps)
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
+def test_dvc_stages_depend_on_the_fetch_marker_not_on_every_file_of_the_dataset(configfile, tmp_path):
+    """So `dvc status` hashes the dataset's files once (fetch's output), not once per stage that reads it."""
+    dvc_commands(configfile, tmp_path)
+    stages = dvc_stage_files(tmp_path)
+    folder = next(iter(stages["fetch"][1]))
+    readers = {name for name, (deps, _) in stages.items() if f"{folder}/{MARKER}" in deps}
+    assert {name for name, (deps, _) in stages.items() if folder in deps} == set()
+    assert readers == {name for name in stages if name != "fetch"} - {"report"}, sorted(readers)[:5]
 
 
 @pytest.mark.parametrize("configfile", CONFIGS)
