@@ -28,7 +28,11 @@ from tqdm import tqdm
 from mapex.io import UserError, atomic_path
 
 MARKER = ".mapex-fetched"
-"""File written into a fetched ``dest``; it holds the archive's sha256 so a re-fetch is skipped."""
+"""File written into a fetched ``dest``; it holds the archive's sha256 so a re-fetch is skipped.
+
+The DVC stages that read the dataset depend on it rather than on the folder (``dvc.yaml``), so
+``dvc status`` hashes the dataset's files once, for ``fetch``'s output, not once per stage.
+"""
 
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 ZIP_SUFFIXES = (".zip",)
