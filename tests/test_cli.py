@@ -61,6 +61,8 @@ def test_help_lists_every_stage():
         ({"train__epochs": 0}, "train.epochs: 0 is less than the minimum of 1"),
         ({"sanity__extra_baseline_seeds": [1, 0]}, "sanity.extra_baseline_seeds: 0 is train.seed"),
         ({"sanity__extra_baseline_seeds": [1, 1]}, "sanity.extra_baseline_seeds: [1, 1] has non-unique elements"),
+        ({"finetune__epoch_sizes": [16, 80]}, "finetune.epoch_sizes: 80 px is larger than data.image_size"),
+        ({"train__epoch_sizes": [0]}, "train.epoch_sizes[0]: 0 is less than the minimum of 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, edits, message):

@@ -106,15 +106,15 @@ def test_same_seed_gives_identical_history_and_weights(tmp_path):
     assert _without_seconds(other_seed.history) != _without_seconds(first.history)
 
 
-@pytest.mark.parametrize("killed_in_epoch", [2, 3])
-def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_in_epoch):
-    uninterrupted = _fit(tmp_path / "whole")
+@pytest.mark.parametrize("killed_in_epoch, epoch_sizes", [(2, []), (3, []), (2, [4, 6])])
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_in_epoch, epoch_sizes):
+    uninterrupted = _fit(tmp_path / "whole", epoch_sizes=epoch_sizes)
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        _fit(resumed_dir, kill_after=(killed_in_epoch - 1) * SAMPLES + 20)
+        _fit(resumed_dir, kill_after=(killed_in_epoch - 1) * SAMPLES + 20, epoch_sizes=epoch_sizes)
     assert len(load_torch(resumed_dir / "last.pt")["history"]) == killed_in_epoch - 1
     # A new process would build the model afresh, with another initialisation: the checkpoint wins.
-    resumed = _fit(resumed_dir, model=_model(init_seed=99))
+    resumed = _fit(resumed_dir, model=_model(init_seed=99), epoch_sizes=epoch_sizes)
     assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
     assert resumed.best_epoch == uninterrupted.best_epoch
     _assert_same_weights(resumed.best_state, uninterrupted.best_state)
@@ -122,6 +122,23 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_i
         load_torch(resumed_dir / "last.pt")["model"]["6.weight"],
         load_torch(tmp_path / "whole" / "last.pt")["model"]["6.weight"],
     )
+
+
+def test_epoch_sizes_resize_the_training_batches_of_the_first_epochs_only(tmp_path):
+    seen = []  # (training, side, channels-last) of every forward pass
+    model = _model()
+    model.register_forward_pre_hook(
+        lambda module, args: seen.append(
+            (module.training, args[0].shape[-1], args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
+    resized = _fit(tmp_path / "resized", model=model, epoch_sizes=[4, 6])
+    sides = [side for training, side, _ in seen if training]
+    batches = len(sides) // 3
+    assert sides == [4] * batches + [6] * batches + [SIDE] * batches
+    assert {side for training, side, _ in seen if not training} == {SIDE}
+    assert all(channels_last for _, _, channels_last in seen)
+    assert _without_seconds(resized.history) != _without_seconds(_fit(tmp_path / "full").history)
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):

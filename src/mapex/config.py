@@ -57,7 +57,7 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
 
 def _check_beyond_schema(params: dict[str, Any], source: str) -> None:
     """What the schema cannot say: task names are unique, every row resolves to a criterion and options,
-    and no further baseline of the sanity check is the pipeline's own."""
+    no further baseline of the sanity check is the pipeline's own, and no epoch trains above the image size."""
     from mapex.pipeline import check_rows, task_names
 
     names = task_names(params)
@@ -67,6 +67,11 @@ def _check_beyond_schema(params: dict[str, Any], source: str) -> None:
     seed = params["train"]["seed"]
     if seed in params["sanity"]["extra_baseline_seeds"]:
         raise UserError(f"{source}: sanity.extra_baseline_seeds: {seed} is train.seed, the pipeline's own baseline")
+    size = params["data"]["image_size"]
+    for section in ("train", "finetune"):
+        larger = [value for value in params[section]["epoch_sizes"] if value > size]
+        if larger:
+            raise UserError(f"{source}: {section}.epoch_sizes: {larger[0]} px is larger than data.image_size {size}")
     try:
         check_rows(params)
     except UserError as err:

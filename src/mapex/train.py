@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class TrainConfig:
     warm-up), each a ``train.schedule`` / ``finetune.schedule`` param. Both step once per batch.
     ``max_steps_per_epoch`` caps the batches of an epoch (quick CI runs); ``None`` = the whole loader.
     ``crop_padding``: the training images' random-crop padding (:func:`mapex.data.make_loader`).
+    ``epoch_sizes``: image sizes of the first epochs, one per epoch (progressive resizing, as in
+    fast.ai's DAWNBench and FFCV's ResNet recipes): each training batch of epoch ``e`` is resized to
+    ``epoch_sizes[e - 1]`` after its crop and flip; later epochs and validation keep the loader's size.
     ``norm_weight_decay``: weight decay of the 1-D parameters (normalisation weights and biases, every
     bias), ``None`` = ``weight_decay``; torchvision's reference training has the same option.
     ``sync_batchnorm``: with several processes, BatchNorm statistics over the whole global batch
@@ -69,6 +72,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     schedule: str = "onecycle"
     crop_padding: int = 4
+    epoch_sizes: list[int] = field(default_factory=list)
     norm_weight_decay: float | None = None
     seed: int = 0
     max_steps_per_epoch: int | None = None
@@ -168,6 +172,7 @@ def fit(
             checkpoint,
             progress,
             config.amp,
+            _epoch_size(config, epoch),
         )
         val_loss, val_top1 = _validate(model, val_loader, device, progress, config.amp)
         state.record(
@@ -261,8 +266,11 @@ def _train_one_epoch(
     checkpoint: Path,
     progress: bool,
     amp: bool = False,
+    size: int | None = None,
 ) -> tuple[float, float]:
     """One pass of ``steps`` batches; returns mean loss and top-1 over the samples seen (by every process).
+
+    ``size``: each batch is resized to ``size``×``size`` first (:func:`_resized`); ``None`` keeps it.
 
     ``amp`` autocasts the forward pass and the loss only: run over the backward pass and the
     optimiser step too, bfloat16 autocast left ResNet-18 at chance on an H100 (first epoch top-1
@@ -281,6 +289,7 @@ def _train_one_epoch(
     bar = tqdm(itertools.islice(loader, steps), total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
     for step, batch in enumerate(bar, start=1):
         images, labels = _on_device(batch, device)
+        images = _resized(images, size)
         with autocast(device, amp, training=True):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -298,6 +307,20 @@ def _train_one_epoch(
         raise UserError(f"non-finite loss at epoch {epoch} step {first_bad_step.item()}; {_last_good(checkpoint)}")
     loss_total, correct_total, seen_total = distributed.summed([loss_sum, correct, seen], device)
     return loss_total / seen_total, correct_total / seen_total
+
+
+def _epoch_size(config: TrainConfig, epoch: int) -> int | None:
+    """The image size of 1-based ``epoch``'s training batches; ``None``: as the loader makes them."""
+    return config.epoch_sizes[epoch - 1] if epoch <= len(config.epoch_sizes) else None
+
+
+def _resized(images: Tensor, size: int | None) -> Tensor:
+    """``images`` resized to ``size``×``size`` (bilinear, antialiased), in their memory format."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    channels_last = images.is_contiguous(memory_format=torch.channels_last)
+    resized = nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return resized.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
