@@ -6,7 +6,7 @@
 Is the baseline's accuracy the project's or the recipe's? ``bench_train.py``'s plain loop (the same
 model, optimiser, schedule, loss, batch and augmentation kind, without the project's code; the
 recipe's keys from ``--params``: crop padding, weight decay of the 1-D parameters, zero-initialised
-residual blocks) trains
+residual blocks, the image sizes of the first epochs) trains
 here on exactly the images ``mapex train`` trains on (the source training split after the
 validation images are carved out, from ``--params``), for ``train.epochs`` epochs, with the same
 seed and the ``amp`` param, and is then evaluated on the source test split. Printed: the plain
@@ -83,7 +83,9 @@ def main() -> None:
     zero_init = params["model"]["zero_init_residual"]
     loop = PlainLoop(train_images, train_labels, config, total_steps, device, seed, params["amp"], zero_init)
     started = time.perf_counter()
-    loop.steps(total_steps)
+    for epoch in range(config.epochs):
+        loop.size = config.epoch_sizes[epoch] if epoch < len(config.epoch_sizes) else None
+        loop.steps(steps_per_epoch)
     seconds = time.perf_counter() - started
     top1 = plain_top1(loop, *decode_all(task.source_test, size), config.batch_size)
     print(

@@ -83,6 +83,7 @@ class PlainLoop:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.order = torch.randperm(len(images), device=device)
         self.next = 0
+        self.size: int | None = None  # side of the batches when not the images' own (train.epoch_sizes)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.next + self.batch_size > len(self.order):
@@ -96,6 +97,8 @@ class PlainLoop:
         flip = torch.rand(count, device=self.device) < 0.5
         crops = torch.where(flip[:, None, None, None], crops.flip(3), crops)
         images = (crops.float() / 255 - self.mean) / self.std
+        if self.size not in (None, size):
+            images = nn.functional.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
         return images.contiguous(memory_format=_memory_format(self.device)), self.labels[chosen]
 
     def steps(self, count: int) -> None:
