@@ -46,6 +46,16 @@ def test_onnx_runtime_gives_pytorchs_logits_at_any_batch_size(tmp_path, build):
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary left behind
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_on_a_gpu_is_exported_from_a_cpu_copy(tmp_path):
+    model = _pruned_resnet18()
+    on_cpu = export_onnx(model, tmp_path / "cpu.onnx", 64)
+    model.cuda().train()
+    on_gpu = export_onnx(model, tmp_path / "gpu.onnx", 64)
+    assert next(model.parameters()).is_cuda and model.training  # the caller's model is left as it was
+    assert on_gpu.read_bytes() == on_cpu.read_bytes()  # the same file wherever the model was trained
+
+
 def test_cli_export_writes_an_onnx_file_of_the_pruned_model(tmp_path):
     model = build_model("tiny-cnn", 3, stem="small").eval()
     save_pruned(model, tmp_path / "pruned.pt", {"arch": "tiny-cnn"})

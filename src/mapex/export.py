@@ -5,11 +5,14 @@ classes); the batch axis ``N`` is dynamic, H and W are fixed at the params' imag
 written by torch.onnx's torch.export-based exporter (``dynamo=True``; the TorchScript exporter is
 deprecated) at ONNX opset :data:`OPSET` — 18 is the exporter's native opset, run by ONNX Runtime
 1.14 and later — with the weights inside the one ``.onnx`` file. The model is exported in eval
-mode, BatchNorm included as it is: runtimes fold it into the convs themselves.
+mode, BatchNorm included as it is: runtimes fold it into the convs themselves. A model on a GPU is
+exported from a CPU copy: the file is then the same wherever the model was trained, and the exporter
+(torch 2.11) otherwise logs a failed shape guard on a GPU (the batch of CUDA's convolutions ≤ 65535).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -30,6 +33,7 @@ _CHATTY_LOGGERS = ("onnxscript", "onnx_ir")  # an INFO line per graph pass other
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: InputSize) -> Path:
     """Write ``model`` to ``path`` as ONNX (see the module doc), atomically; return ``path``."""
     path = Path(path)
+    model = _on_cpu(model)
     example = example_input(model, _TRACE_BATCH, input_size)
     batch = torch.export.Dim("batch")
     for name in _CHATTY_LOGGERS:
@@ -51,3 +55,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: InputSize
     except OSError as err:
         raise UserError(f"{path}: cannot write the ONNX file ({err.strerror or err})") from err
     return path
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself if it is on the CPU; else a CPU copy (the caller's model stays where it is)."""
+    if all(tensor.device.type == "cpu" for tensor in (*model.parameters(), *model.buffers())):
+        return model
+    return copy.deepcopy(model).cpu()
