@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mapex.io import UserError, atomic_path
-from mapex.models import InputSize, eval_mode, example_input
+from mapex.models import InputSize, device_of, eval_mode, example_input
 
 OPSET = 18
 INPUT_NAME = "images"
@@ -59,6 +59,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: InputSize
 
 def _on_cpu(model: nn.Module) -> nn.Module:
     """``model`` itself if it is on the CPU; else a CPU copy (the caller's model stays where it is)."""
-    if all(tensor.device.type == "cpu" for tensor in (*model.parameters(), *model.buffers())):
+    if device_of(model).type == "cpu":
         return model
     return copy.deepcopy(model).cpu()
