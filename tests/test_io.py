@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from mapex.io import UserError, atomic_path, autocast, cpu_has_bfloat16, pick_device, read_json, write_json
+from mapex.io import UserError, atomic_path, autocast, cpu_has_bfloat16, pick_device, read_json, write_json, write_rows
 
 
 def test_failed_write_leaves_neither_output_nor_temporary(tmp_path):
@@ -134,3 +134,15 @@ def test_amp_autocasts_the_cpu_only_where_it_computes_in_bfloat16(monkeypatch, n
             assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     with autocast(cpu, enabled=False):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_write_rows_writes_what_pandas_writes(tmp_path):
+    import pandas as pd
+
+    rows = [
+        {"epoch": 1, "loss": 1.0474787346522014, "val_top1": None, "seconds": 4.460088795000047},
+        {"epoch": 2, "loss": 1.6879163932454287e-06, "val_top1": 0.76, "seconds": 3.0},
+    ]
+    write_rows(tmp_path / "h.csv", rows)
+    assert (tmp_path / "h.csv").read_text() == pd.DataFrame(rows).to_csv(index=False)
+    assert (tmp_path / "h.csv").read_text().splitlines()[1] == "1,1.0474787346522014,,4.460088795000047"

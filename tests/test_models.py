@@ -206,6 +206,24 @@ def test_macs_of_a_strided_grouped_conv_bn_relu_pool_and_linear_by_hand():
     assert count_macs_and_params(model, 16)[0] == conv + bn + relu + pool + linear
 
 
+def test_macs_are_counted_once_per_structure_and_again_when_it_changes(monkeypatch):
+    import torch_pruning as tp
+
+    calls = []
+    counter = tp.utils.count_ops_and_params
+    monkeypatch.setattr(tp.utils, "count_ops_and_params", lambda *args: calls.append(1) or counter(*args))
+
+    def conv(stride: int, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 5, 3, stride=stride, padding=1), nn.ReLU())
+
+    first = count_macs_and_params(conv(1, 0), 12)
+    assert count_macs_and_params(conv(1, 1), 12) == first and len(calls) == 1  # other weights, same structure
+    assert count_macs_and_params(conv(2, 0), 12)[0] < first[0]  # stride 2: a quarter of the outputs
+    assert count_macs_and_params(conv(1, 0), 10)[0] < first[0]  # a smaller image
+    assert len(calls) == 3
+
+
 def test_counting_macs_leaves_the_model_as_it_was():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
     before = model[1].running_mean.clone()

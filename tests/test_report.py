@@ -648,6 +648,16 @@ def test_training_curves(tmp_path: Path, legends) -> None:
     assert {"train", "validation"} <= legends[0]
 
 
+def test_training_curves_skip_the_epochs_without_validation(tmp_path: Path, monkeypatch) -> None:
+    history = tmp_path / "h.csv"
+    history.write_text("epoch,train_top1,val_top1\n1,0.2,\n2,0.3,\n3,0.4,0.35\n4,0.5,0.45\n")
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, out_stem: figures.append(fig))
+    report.plot_training_curves([history], tmp_path / "curves")
+    points = {c.get_label(): list(c.lines[0].get_xdata()) for c in figures[0].axes[0].containers}
+    assert points == {"train": [1, 2, 3, 4], "validation": [3, 4]}
+
+
 def test_every_figure_has_its_one_caption_in_the_workflow_report() -> None:
     """The captions live in one place, ``workflow/report/<figure>.rst`` (Snakemake's report reads them)."""
     assert {path.stem for path in CAPTIONS.glob("*.rst")} == set(FIGURES)

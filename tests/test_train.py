@@ -106,15 +106,18 @@ def test_same_seed_gives_identical_history_and_weights(tmp_path):
     assert _without_seconds(other_seed.history) != _without_seconds(first.history)
 
 
-@pytest.mark.parametrize("killed_in_epoch, epoch_sizes", [(2, []), (3, []), (2, [4, 6])])
-def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_in_epoch, epoch_sizes):
-    uninterrupted = _fit(tmp_path / "whole", epoch_sizes=epoch_sizes)
+@pytest.mark.parametrize(
+    "killed_in_epoch, changes",
+    [(2, {}), (3, {}), (2, {"epoch_sizes": [4, 6]}), (2, {"validate_last": 1}), (3, {"validate_last": 2})],
+)
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_in_epoch, changes):
+    uninterrupted = _fit(tmp_path / "whole", **changes)
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        _fit(resumed_dir, kill_after=(killed_in_epoch - 1) * SAMPLES + 20, epoch_sizes=epoch_sizes)
+        _fit(resumed_dir, kill_after=(killed_in_epoch - 1) * SAMPLES + 20, **changes)
     assert len(load_torch(resumed_dir / "last.pt")["history"]) == killed_in_epoch - 1
     # A new process would build the model afresh, with another initialisation: the checkpoint wins.
-    resumed = _fit(resumed_dir, model=_model(init_seed=99), epoch_sizes=epoch_sizes)
+    resumed = _fit(resumed_dir, model=_model(init_seed=99), **changes)
     assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
     assert resumed.best_epoch == uninterrupted.best_epoch
     _assert_same_weights(resumed.best_state, uninterrupted.best_state)
@@ -122,6 +125,27 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_i
         load_torch(resumed_dir / "last.pt")["model"]["6.weight"],
         load_torch(tmp_path / "whole" / "last.pt")["model"]["6.weight"],
     )
+
+
+def test_validate_last_validates_the_last_epochs_only_and_changes_nothing_else(tmp_path):
+    every = _fit(tmp_path / "every", epochs=4)
+    last = _fit(tmp_path / "last", epochs=4, validate_last=2)
+    assert [row["val_top1"] is None and row["val_loss"] is None for row in last.history] == [True, True, False, False]
+    for all_validated, some_validated in zip(every.history, last.history, strict=True):
+        for key in ("train_loss", "train_top1", "lr"):
+            assert some_validated[key] == all_validated[key], key
+        if some_validated["val_top1"] is not None:
+            assert some_validated["val_top1"] == all_validated["val_top1"]
+    best = max(row["val_top1"] for row in every.history[2:])
+    assert last.best_epoch == max(row["epoch"] for row in every.history[2:] if row["val_top1"] == best)
+    only_last = _fit(tmp_path / "only-last", epochs=4, validate_last=1)
+    assert only_last.best_epoch == 4
+    _assert_same_weights(only_last.best_state, load_torch(tmp_path / "every" / "last.pt")["model"])
+
+
+def test_validate_last_below_one_is_a_user_error():
+    with pytest.raises(UserError, match="validate_last must be at least 1"):
+        _config(validate_last=0)
 
 
 def test_epoch_sizes_resize_the_training_batches_of_the_first_epochs_only(tmp_path):

@@ -7,7 +7,9 @@ half-written output that a later stage (or Snakemake/DVC) would trust.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
+import io
 import json
 import os
 import pickle
@@ -76,6 +78,16 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """``rows`` (dicts with the first row's keys) as CSV, as pandas' ``to_csv(index=False)`` writes them
+    (``None`` as an empty cell), without importing pandas: short jobs write their history this way."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:

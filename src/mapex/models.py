@@ -261,12 +261,30 @@ def count_macs_and_params(model: nn.Module, input_size: InputSize) -> tuple[int,
     Torch-Pruning's counter (``tp.utils.count_ops_and_params``, run on a deep copy in eval mode)
     counts a conv's ``C_out · C_in / groups · k_h · k_w · H_out · W_out`` multiply-adds plus its
     bias, a linear layer's, and one operation per element for activations and pooling, two for
-    BatchNorm. Every table, the pruning report and the latency table use this number.
+    BatchNorm. Every table, the pruning report and the latency table use this number. The count
+    depends on the structure only, so each structure is counted once per process.
     """
-    import torch_pruning as tp
+    key = (_structure(model), input_size)
+    if key not in _COUNTED:
+        import torch_pruning as tp
 
-    macs, params = tp.utils.count_ops_and_params(model, example_input(model, 1, input_size))
-    return int(macs), int(params)
+        macs, params = tp.utils.count_ops_and_params(model, example_input(model, 1, input_size))
+        _COUNTED[key] = int(macs), int(params)
+    return _COUNTED[key]
+
+
+_COUNTED: dict[tuple, tuple[int, int]] = {}
+"""Counts by model structure: a process counts each architecture once (the sanity check prunes the
+same model ~100 times into a few shapes, and each count runs a deep copy through the model)."""
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What the count depends on: every module's name, class and hyperparameters (``extra_repr``: the
+    channels, kernel, stride, padding of a conv, ...) and its own parameters' shapes; not the weights."""
+    return tuple(
+        (name, type(module).__qualname__, module.extra_repr(), tuple(p.shape for p in module.parameters(recurse=False)))
+        for name, module in model.named_modules()
+    )
 
 
 def example_input(model: nn.Module, batch: int, input_size: InputSize) -> torch.Tensor:

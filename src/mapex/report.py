@@ -1228,7 +1228,8 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 def plot_training_curves(history_csvs: Iterable[Path], out_stem: Path) -> None:
     """Train and validation top-1 per epoch, mean ± std over the given histories (e.g. seeds).
 
-    Each CSV has columns ``epoch, train_top1, val_top1`` (fractions); other columns are ignored.
+    Each CSV has columns ``epoch, train_top1, val_top1`` (fractions; ``val_top1`` empty where the epoch
+    was not validated); other columns are ignored.
     """
     frames = [_read_csv(Path(p), ("epoch", "train_top1", "val_top1")) for p in history_csvs]
     if not frames:
@@ -1236,6 +1237,7 @@ def plot_training_curves(history_csvs: Iterable[Path], out_stem: Path) -> None:
     long = pd.concat(frames).melt(
         id_vars="epoch", value_vars=["train_top1", "val_top1"], var_name="split", value_name="top1"
     )
+    long = long.dropna(subset=["top1"])  # the epochs a fit did not validate (train.validate_last)
     long = long.assign(
         split=long["split"].map({"train_top1": "train", "val_top1": "validation"}),
         top1_pct=long["top1"].astype(float) * 100.0,

@@ -17,7 +17,7 @@ from typing import Any
 
 from mapex import distributed
 from mapex.config import load_params, with_train_seed
-from mapex.io import UserError, read_json, write_json, write_text
+from mapex.io import UserError, read_json, write_json, write_rows, write_text
 
 log = logging.getLogger("mapex")
 
@@ -105,7 +105,7 @@ def train(params: str, data: str, out: str, metrics: str, history: str, restart:
         best_epoch=result.best_epoch,
         n_classes=len(task.source_classes),
         skipped_samples=task.skipped,
-        val_top1=max(h["val_top1"] for h in result.history),
+        val_top1=result.history[result.best_epoch - 1]["val_top1"],
         env=experiment.environment(on),
     )
     write_json(metrics, evaluation)
@@ -231,14 +231,12 @@ def run(
 
 def save_fitted(model, result, out: Path, history: Path, meta: dict[str, Any]) -> None:
     """The best epoch's model and the per-epoch history; the resume checkpoints are then dropped."""
-    import pandas as pd
-
     from mapex.experiment import checkpoint_dir
     from mapex.prune import save_pruned
 
     model.load_state_dict(result.best_state)
     model.to("cpu")
-    write_text(history, pd.DataFrame(result.history).to_csv(index=False))
+    write_rows(history, result.history)
     save_pruned(model, out, {**meta, "best_epoch": result.best_epoch})
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
 

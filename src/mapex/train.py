@@ -18,7 +18,9 @@ oneDNN's convolutions are faster (ResNet-18 on 64×64 images, 2 cores: ~62 s ins
 9,000-image epoch).
 
 Best epoch: the highest validation top-1; a tie goes to the later epoch (more training at a lower
-learning rate, which a one-cycle or cosine schedule ends with). The test split is never seen here.
+learning rate, which a one-cycle or cosine schedule ends with). With ``validate_last`` only the last
+epochs are validated and can be chosen; the others' validation columns are empty (``None``). The
+test split is never seen here.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class TrainConfig:
     ``epoch_sizes[e - 1]`` after its crop and flip; later epochs and validation keep the loader's size.
     ``norm_weight_decay``: weight decay of the 1-D parameters (normalisation weights and biases, every
     bias), ``None`` = ``weight_decay``; torchvision's reference training has the same option.
+    ``validate_last``: validate (and choose the checkpoint among) only the last this many epochs, ``None``
+    = every epoch: the validation pass of an epoch that cannot be chosen is spent for its curve alone.
     ``sync_batchnorm``: with several processes, BatchNorm statistics over the whole global batch
     (:mod:`mapex.distributed`). ``amp``: bfloat16 autocast where it is native (:func:`mapex.io.autocast`).
     """
@@ -76,6 +80,7 @@ class TrainConfig:
     norm_weight_decay: float | None = None
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    validate_last: int | None = None
     sync_batchnorm: bool = False
     amp: bool = False
 
@@ -84,6 +89,12 @@ class TrainConfig:
             raise UserError(f"unknown schedule '{self.schedule}'; expected one of {', '.join(SCHEDULES)}")
         if self.epochs < 1:
             raise UserError(f"epochs must be at least 1, got {self.epochs}")
+        if self.validate_last is not None and self.validate_last < 1:
+            raise UserError(f"validate_last must be at least 1 or null, got {self.validate_last}")
+
+    def validates(self, epoch: int) -> bool:
+        """Whether 1-based ``epoch`` is validated (and so can be the chosen one)."""
+        return self.validate_last is None or epoch > self.epochs - self.validate_last
 
 
 @dataclass
@@ -92,7 +103,7 @@ class FitResult:
 
     best_state: StateDict
     best_epoch: int
-    history: list[dict[str, float]]
+    history: list[dict[str, float | None]]
 
 
 @dataclass
@@ -101,12 +112,14 @@ class _TrainingState:
 
     best_state: StateDict
     best_epoch: int
-    history: list[dict[str, float]]
+    history: list[dict[str, float | None]]
 
-    def record(self, row: dict[str, float], model: nn.Module) -> None:
-        """Append an epoch's row; keep the model's weights if its val top-1 is the best so far (ties: later)."""
+    def record(self, row: dict[str, float | None], model: nn.Module) -> None:
+        """Append an epoch's row; keep the model's weights if its val top-1 is the best so far (ties: later).
+        An epoch without validation (``val_top1`` ``None``) is never the best."""
         self.history.append(row)
-        if self.best_epoch == 0 or row["val_top1"] >= self.history[self.best_epoch - 1]["val_top1"]:
+        best = self.history[self.best_epoch - 1]["val_top1"] if self.best_epoch else None
+        if row["val_top1"] is not None and (best is None or row["val_top1"] >= best):
             self.best_epoch, self.best_state = int(row["epoch"]), _cpu_copy(model.state_dict())
 
 
@@ -174,7 +187,9 @@ def fit(
             config.amp,
             _epoch_size(config, epoch),
         )
-        val_loss, val_top1 = _validate(model, val_loader, device, progress, config.amp)
+        val_loss, val_top1 = (
+            _validate(model, val_loader, device, progress, config.amp) if config.validates(epoch) else (None, None)
+        )
         state.record(
             {
                 "epoch": epoch,
@@ -433,7 +448,8 @@ def _training_state(saved: dict[str, Any], model: nn.Module) -> _TrainingState:
         isinstance(row, dict) and set(HISTORY_KEYS) <= set(row) for row in history
     ):
         raise ValueError("its history is not one row per epoch")
-    if not isinstance(best_epoch, int) or not (0 < best_epoch <= len(history) or best_epoch == len(history) == 0):
+    unvalidated = all(row["val_top1"] is None for row in history)
+    if not isinstance(best_epoch, int) or not (0 < best_epoch <= len(history) or best_epoch == 0 and unvalidated):
         raise ValueError(f"best_epoch {best_epoch!r} is not an epoch of its history")
     shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     if (
@@ -457,9 +473,11 @@ def _changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> str:
     )
 
 
-def _summary(row: dict[str, float], epochs: int) -> str:
+def _summary(row: dict[str, float | None], epochs: int) -> str:
+    validation = (
+        "not validated" if row["val_top1"] is None else f"val loss {row['val_loss']:.3f} top-1 {row['val_top1']:.3f}"
+    )
     return (
         f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.3f} top-1 {row['train_top1']:.3f}, "
-        f"val loss {row['val_loss']:.3f} top-1 {row['val_top1']:.3f}, lr {row['lr']:.4g}, "
-        f"{row['seconds']:.0f} s"
+        f"{validation}, lr {row['lr']:.4g}, {row['seconds']:.0f} s"
     )
